@@ -1,0 +1,305 @@
+//! The [`Archive`]: ingest pipeline, retrieval, verification and statistics
+//! over one object store and one catalog.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use tokio::sync::Semaphore;
+
+use crate::catalog::{BlobRecord, Catalog, CatalogStats, RecordOutcome};
+use crate::config::{ArchiveConfig, StorageBackend};
+use crate::error::ArchiveError;
+use crate::ingest::{parse_part10, part10_from_dataset};
+use crate::model::{IngestReceipt, IngestSource, Refusal, RefusalReason, StoredInstance};
+use crate::on_rayon;
+use crate::retrieve::{decode_blob, sha256_hex};
+use crate::store::{FsStore, ObjectStore, S3Store, StoreError, blob_key};
+
+/// An open archive. Cheap to clone; clones share the store, the catalog and
+/// the in-flight limit.
+#[derive(Clone)]
+pub struct Archive {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: ArchiveConfig,
+    store: Arc<dyn ObjectStore>,
+    catalog: Catalog,
+    in_flight: Semaphore,
+}
+
+/// Counts and sizes of the archive.
+pub type ArchiveStats = CatalogStats;
+
+/// The result of [`Archive::verify`].
+#[derive(Debug, Clone, Default)]
+pub struct VerifyReport {
+    /// Instances whose blob was read and checked.
+    pub checked: u64,
+    /// (SOP Instance UID, what is wrong) for every damaged or missing blob.
+    pub damaged: Vec<(String, String)>,
+}
+
+impl Archive {
+    /// Open the archive described by `config`: the object store it names
+    /// (checked to be reachable) and the catalog (migrated).
+    pub async fn open(config: ArchiveConfig) -> Result<Self, ArchiveError> {
+        std::fs::create_dir_all(&config.data_dir)?;
+        let store: Arc<dyn ObjectStore> = match config.storage.backend {
+            StorageBackend::Filesystem => Arc::new(FsStore::open(&config.objects_dir())?),
+            StorageBackend::S3 => Arc::new(S3Store::connect(&config.storage.s3).await?),
+        };
+        store.check().await?;
+        Self::open_with_store(config, store).await
+    }
+
+    /// Open with an object store built by the caller.
+    pub async fn open_with_store(
+        config: ArchiveConfig,
+        store: Arc<dyn ObjectStore>,
+    ) -> Result<Self, ArchiveError> {
+        std::fs::create_dir_all(&config.data_dir)?;
+        let catalog = Catalog::open(&config.catalog_url()).await?;
+        let permits = config.ingest.effective_max_in_flight();
+        tracing::info!(
+            store = %store.describe(),
+            catalog = %config.catalog_url(),
+            max_in_flight = permits,
+            "archive open"
+        );
+        Ok(Archive {
+            inner: Arc::new(Inner {
+                config,
+                store,
+                catalog,
+                in_flight: Semaphore::new(permits),
+            }),
+        })
+    }
+
+    pub fn config(&self) -> &ArchiveConfig {
+        &self.inner.config
+    }
+
+    pub fn catalog(&self) -> &Catalog {
+        &self.inner.catalog
+    }
+
+    pub fn store(&self) -> &Arc<dyn ObjectStore> {
+        &self.inner.store
+    }
+
+    /// Ingest a data set received with its transfer syntax (C-STORE): the
+    /// stored object is a Part-10 file whose data set bytes are exactly the
+    /// ones received.
+    pub async fn ingest_dataset(
+        &self,
+        dataset: &[u8],
+        transfer_syntax_uid: &str,
+        sop_class_uid: &str,
+        sop_instance_uid: &str,
+        calling_ae: Option<&str>,
+        source: IngestSource,
+    ) -> IngestReceipt {
+        match part10_from_dataset(
+            dataset,
+            transfer_syntax_uid,
+            sop_class_uid,
+            sop_instance_uid,
+            calling_ae,
+        ) {
+            Ok(bytes) => self.ingest_part10(Bytes::from(bytes), source).await,
+            Err(reason) => IngestReceipt::Refused(Refusal {
+                reason,
+                sop_class_uid: Some(sop_class_uid.to_owned()),
+                sop_instance_uid: Some(sop_instance_uid.to_owned()),
+            }),
+        }
+    }
+
+    /// Ingest a Part-10 object. Returns only when the outcome is final: a
+    /// success receipt means the blob is durable and the catalog transaction
+    /// has committed.
+    pub async fn ingest_part10(&self, bytes: Bytes, source: IngestSource) -> IngestReceipt {
+        let _permit = self
+            .inner
+            .in_flight
+            .acquire()
+            .await
+            .expect("in-flight semaphore never closed");
+        let level = self.inner.config.ingest.zstd_level;
+        let threshold = self.inner.config.ingest.bulk_data_threshold;
+        let cpu_input = bytes.clone();
+        // Parse, hash and compress at once on the rayon pool.
+        let (parsed, (sha256, compressed)) = on_rayon(move || {
+            let data = &cpu_input[..];
+            rayon::join(
+                || parse_part10(data, threshold),
+                || rayon::join(|| sha256_hex(data), || zstd::bulk::compress(data, level)),
+            )
+        })
+        .await;
+
+        let parsed = match parsed {
+            Ok(p) => p,
+            Err(reason) => {
+                tracing::info!(%source, %reason, "refused");
+                return IngestReceipt::Refused(Refusal {
+                    reason,
+                    sop_class_uid: None,
+                    sop_instance_uid: None,
+                });
+            }
+        };
+        let attrs = parsed.attributes;
+        let refuse = |reason: RefusalReason| {
+            tracing::warn!(%source, sop_instance_uid = %attrs.sop_instance_uid, %reason, "refused");
+            IngestReceipt::Refused(Refusal {
+                reason,
+                sop_class_uid: Some(attrs.sop_class_uid.clone()),
+                sop_instance_uid: Some(attrs.sop_instance_uid.clone()),
+            })
+        };
+        let instance = |stored_size: u64, change_seq: Option<i64>| StoredInstance {
+            sop_class_uid: attrs.sop_class_uid.clone(),
+            sop_instance_uid: attrs.sop_instance_uid.clone(),
+            study_instance_uid: attrs.study_instance_uid.clone(),
+            series_instance_uid: attrs.series_instance_uid.clone(),
+            transfer_syntax_uid: attrs.transfer_syntax_uid.clone(),
+            sha256: sha256.clone(),
+            original_size: bytes.len() as u64,
+            stored_size,
+            change_seq,
+        };
+        let allow_replace = self.inner.config.ingest.allow_replace;
+        let catalog = &self.inner.catalog;
+
+        match catalog.instance(&attrs.sop_instance_uid).await {
+            Ok(Some(existing)) if existing.sha256 == sha256 => {
+                return IngestReceipt::Duplicate(instance(existing.stored_size as u64, None));
+            }
+            Ok(Some(existing)) if !allow_replace => {
+                return refuse(RefusalReason::Conflict {
+                    sop_instance_uid: attrs.sop_instance_uid.clone(),
+                    stored_sha256: existing.sha256,
+                    received_sha256: sha256.clone(),
+                });
+            }
+            Ok(_) => {}
+            Err(e) => return refuse(RefusalReason::CatalogUnavailable(e.to_string())),
+        }
+
+        let compressed = match compressed {
+            Ok(c) => Bytes::from(c),
+            Err(e) => return refuse(RefusalReason::StoreUnavailable(format!("zstd: {e}"))),
+        };
+        let key = blob_key(&sha256);
+        let already_stored = match catalog.blob_stored_size(&sha256).await {
+            Ok(size) => size,
+            Err(e) => return refuse(RefusalReason::CatalogUnavailable(e.to_string())),
+        };
+        if already_stored.is_none()
+            && let Err(e) = self.inner.store.put(&key, compressed.clone()).await
+        {
+            return refuse(RefusalReason::StoreUnavailable(e.to_string()));
+        }
+        let blob = BlobRecord {
+            sha256: sha256.clone(),
+            blob_key: key,
+            original_size: bytes.len() as u64,
+            stored_size: compressed.len() as u64,
+        };
+        match catalog
+            .record_instance(&attrs, &blob, &source, &parsed.metadata_json, allow_replace)
+            .await
+        {
+            Ok(RecordOutcome::Recorded {
+                seq,
+                stored_size,
+                replaced,
+            }) => {
+                let stored = instance(stored_size, Some(seq));
+                tracing::debug!(%source, sop_instance_uid = %attrs.sop_instance_uid, seq, replaced, "stored");
+                if replaced {
+                    IngestReceipt::Replaced(stored)
+                } else {
+                    IngestReceipt::Stored(stored)
+                }
+            }
+            Ok(RecordOutcome::AlreadyPresent {
+                sha256: stored_sha,
+                stored_size,
+            }) => {
+                if stored_sha == sha256 {
+                    IngestReceipt::Duplicate(instance(stored_size, None))
+                } else {
+                    refuse(RefusalReason::Conflict {
+                        sop_instance_uid: attrs.sop_instance_uid.clone(),
+                        stored_sha256: stored_sha,
+                        received_sha256: sha256.clone(),
+                    })
+                }
+            }
+            Err(e) => refuse(RefusalReason::CatalogUnavailable(e.to_string())),
+        }
+    }
+
+    /// Read an instance back: fetch its blob, decompress it, verify its
+    /// SHA-256 against the catalog and return the original Part-10 bytes.
+    pub async fn retrieve(&self, sop_instance_uid: &str) -> Result<Bytes, ArchiveError> {
+        let row = self
+            .inner
+            .catalog
+            .instance(sop_instance_uid)
+            .await?
+            .ok_or_else(|| ArchiveError::InstanceNotFound(sop_instance_uid.to_owned()))?;
+        let blob = self
+            .inner
+            .store
+            .get(&row.blob_key)
+            .await
+            .map_err(|e| match e {
+                StoreError::NotFound(_) => ArchiveError::Integrity {
+                    sop_instance_uid: row.sop_instance_uid.clone(),
+                    blob_key: row.blob_key.clone(),
+                    detail: "blob is missing from the object store".into(),
+                },
+                other => ArchiveError::Store(other),
+            })?;
+        on_rayon(move || decode_blob(&row, &blob)).await
+    }
+
+    /// Re-read and re-hash every stored instance; report what is damaged.
+    pub async fn verify(
+        &self,
+        on_progress: impl Fn(u64) + Send + Sync,
+    ) -> Result<VerifyReport, ArchiveError> {
+        let rows = self.inner.catalog.instances(None).await?;
+        let concurrency = self.inner.config.ingest.effective_max_in_flight();
+        let mut report = VerifyReport::default();
+        let mut results = futures::stream::iter(rows)
+            .map(|row| async move {
+                let uid = row.sop_instance_uid.clone();
+                (uid, self.retrieve(&row.sop_instance_uid).await)
+            })
+            .buffer_unordered(concurrency);
+        while let Some((uid, result)) = results.next().await {
+            report.checked += 1;
+            on_progress(report.checked);
+            match result {
+                Ok(_) => {}
+                Err(ArchiveError::Integrity { detail, .. }) => report.damaged.push((uid, detail)),
+                Err(ArchiveError::Store(e)) => return Err(ArchiveError::Store(e)),
+                Err(e) => report.damaged.push((uid, e.to_string())),
+            }
+        }
+        report.damaged.sort();
+        Ok(report)
+    }
+
+    pub async fn stats(&self) -> Result<ArchiveStats, ArchiveError> {
+        self.inner.catalog.stats().await
+    }
+}

@@ -1,0 +1,396 @@
+//! The SQL catalog: patients, studies, series, instances, blobs and the
+//! change feed, through sqlx.
+//!
+//! SQLite in WAL mode with `synchronous=FULL` is the embedded default: a
+//! committed transaction survives power loss. Writes go through a pool of
+//! exactly one connection (SQLite has one writer; queueing in the pool is
+//! cheaper than lock retries), reads through their own pool. Queries use
+//! `$n` placeholders and portable SQL (`ON CONFLICT`, `RETURNING`) so a
+//! PostgreSQL backend needs only its own migration folder.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+use sqlx::{Row, Sqlite, Transaction};
+
+use crate::error::ArchiveError;
+use crate::model::{IngestSource, InstanceAttributes};
+
+/// What the catalog knows of one stored instance.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct InstanceRow {
+    pub sop_instance_uid: String,
+    pub sop_class_uid: String,
+    pub series_instance_uid: String,
+    pub study_instance_uid: String,
+    pub transfer_syntax_uid: String,
+    pub sha256: String,
+    pub blob_key: String,
+    pub original_size: i64,
+    pub stored_size: i64,
+}
+
+/// A blob about to be referenced by an instance row.
+#[derive(Debug, Clone)]
+pub struct BlobRecord {
+    pub sha256: String,
+    pub blob_key: String,
+    pub original_size: u64,
+    pub stored_size: u64,
+}
+
+/// The outcome of recording an instance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RecordOutcome {
+    /// New rows were written (or, with `replaced`, an instance row was
+    /// pointed at a new blob); the change feed has entry `seq`.
+    Recorded {
+        seq: i64,
+        stored_size: u64,
+        replaced: bool,
+    },
+    /// Another ingest of the same SOP Instance UID won the race; its SHA-256.
+    AlreadyPresent { sha256: String, stored_size: u64 },
+}
+
+/// One entry of the change feed.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct Change {
+    pub seq: i64,
+    pub kind: String,
+    pub sop_instance_uid: String,
+    pub series_instance_uid: String,
+    pub study_instance_uid: String,
+    pub recorded_at: String,
+}
+
+/// Counts and sizes for `pacs stats`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CatalogStats {
+    pub patients: i64,
+    pub studies: i64,
+    pub series: i64,
+    pub instances: i64,
+    pub blobs: i64,
+    /// Sum of the Part-10 sizes of all instances.
+    pub original_bytes: i64,
+    /// Sum of the compressed sizes of all distinct blobs.
+    pub stored_bytes: i64,
+}
+
+#[derive(Debug, Clone)]
+pub struct Catalog {
+    writer: SqlitePool,
+    reader: SqlitePool,
+}
+
+fn now_rfc3339() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+const INSTANCE_ROW_SELECT: &str = "SELECT i.sop_instance_uid, i.sop_class_uid, i.series_instance_uid, \
+     i.study_instance_uid, i.transfer_syntax_uid, i.sha256, b.blob_key, b.original_size, b.stored_size \
+     FROM instances i JOIN blobs b ON b.sha256 = i.sha256";
+
+impl Catalog {
+    /// Open the catalog at `url` (creating the SQLite file if needed) and
+    /// bring its schema up to date.
+    pub async fn open(url: &str) -> Result<Self, ArchiveError> {
+        if !url.starts_with("sqlite:") {
+            return Err(ArchiveError::Config(format!(
+                "catalog URL {url:?}: only sqlite: catalogs are supported by this build"
+            )));
+        }
+        let options = SqliteConnectOptions::from_str(url)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(30));
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options.clone())
+            .await?;
+        sqlx::migrate!("./migrations/sqlite").run(&writer).await?;
+        let reader = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options.read_only(true))
+            .await?;
+        Ok(Catalog { writer, reader })
+    }
+
+    /// The stored instance with this SOP Instance UID, if any.
+    pub async fn instance(
+        &self,
+        sop_instance_uid: &str,
+    ) -> Result<Option<InstanceRow>, ArchiveError> {
+        let sql = format!("{INSTANCE_ROW_SELECT} WHERE i.sop_instance_uid = $1");
+        Ok(sqlx::query_as::<_, InstanceRow>(&sql)
+            .bind(sop_instance_uid)
+            .fetch_optional(&self.reader)
+            .await?)
+    }
+
+    /// Whether a blob with this SHA-256 is recorded (and so already stored).
+    pub async fn blob_stored_size(&self, sha256: &str) -> Result<Option<u64>, ArchiveError> {
+        let row = sqlx::query("SELECT stored_size FROM blobs WHERE sha256 = $1")
+            .bind(sha256)
+            .fetch_optional(&self.reader)
+            .await?;
+        Ok(row.map(|r| r.get::<i64, _>(0) as u64))
+    }
+
+    /// All instances, or those of one study, in a stable order.
+    pub async fn instances(&self, study: Option<&str>) -> Result<Vec<InstanceRow>, ArchiveError> {
+        let rows = match study {
+            Some(study) => {
+                let sql = format!(
+                    "{INSTANCE_ROW_SELECT} WHERE i.study_instance_uid = $1 ORDER BY i.series_instance_uid, i.instance_number, i.sop_instance_uid"
+                );
+                sqlx::query_as::<_, InstanceRow>(&sql)
+                    .bind(study)
+                    .fetch_all(&self.reader)
+                    .await?
+            }
+            None => {
+                let sql = format!(
+                    "{INSTANCE_ROW_SELECT} ORDER BY i.study_instance_uid, i.series_instance_uid, i.instance_number, i.sop_instance_uid"
+                );
+                sqlx::query_as::<_, InstanceRow>(&sql)
+                    .fetch_all(&self.reader)
+                    .await?
+            }
+        };
+        Ok(rows)
+    }
+
+    /// The stored DICOM JSON metadata of an instance.
+    pub async fn instance_metadata(
+        &self,
+        sop_instance_uid: &str,
+    ) -> Result<Option<String>, ArchiveError> {
+        Ok(sqlx::query_scalar::<_, String>(
+            "SELECT metadata FROM instances WHERE sop_instance_uid = $1",
+        )
+        .bind(sop_instance_uid)
+        .fetch_optional(&self.reader)
+        .await?)
+    }
+
+    /// Change-feed entries after `after_seq`, oldest first.
+    pub async fn changes_since(
+        &self,
+        after_seq: i64,
+        limit: i64,
+    ) -> Result<Vec<Change>, ArchiveError> {
+        Ok(sqlx::query_as::<_, Change>(
+            "SELECT seq, kind, sop_instance_uid, series_instance_uid, study_instance_uid, recorded_at \
+             FROM changes WHERE seq > $1 ORDER BY seq LIMIT $2",
+        )
+        .bind(after_seq)
+        .bind(limit)
+        .fetch_all(&self.reader)
+        .await?)
+    }
+
+    pub async fn stats(&self) -> Result<CatalogStats, ArchiveError> {
+        let row = sqlx::query(
+            "SELECT (SELECT COUNT(*) FROM patients), (SELECT COUNT(*) FROM studies), \
+             (SELECT COUNT(*) FROM series), (SELECT COUNT(*) FROM instances), (SELECT COUNT(*) FROM blobs), \
+             (SELECT COALESCE(SUM(b.original_size), 0) FROM instances i JOIN blobs b ON b.sha256 = i.sha256), \
+             (SELECT COALESCE(SUM(stored_size), 0) FROM blobs)",
+        )
+        .fetch_one(&self.reader)
+        .await?;
+        Ok(CatalogStats {
+            patients: row.get(0),
+            studies: row.get(1),
+            series: row.get(2),
+            instances: row.get(3),
+            blobs: row.get(4),
+            original_bytes: row.get(5),
+            stored_bytes: row.get(6),
+        })
+    }
+
+    /// Record an instance whose blob is already durable in the object store,
+    /// in one transaction: patient, study, series (created if new), blob,
+    /// instance and a change-feed entry. With `replace`, an existing instance
+    /// row with the same SOP Instance UID is pointed at the new blob.
+    pub async fn record_instance(
+        &self,
+        attrs: &InstanceAttributes,
+        blob: &BlobRecord,
+        source: &IngestSource,
+        metadata_json: &str,
+        replace: bool,
+    ) -> Result<RecordOutcome, ArchiveError> {
+        let mut tx = self.writer.begin().await?;
+        let existing = sqlx::query(
+            "SELECT i.sha256, b.stored_size FROM instances i JOIN blobs b ON b.sha256 = i.sha256 \
+             WHERE i.sop_instance_uid = $1",
+        )
+        .bind(&attrs.sop_instance_uid)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some(row) = &existing {
+            let sha: String = row.get(0);
+            if sha == blob.sha256 || !replace {
+                return Ok(RecordOutcome::AlreadyPresent {
+                    sha256: sha,
+                    stored_size: row.get::<i64, _>(1) as u64,
+                });
+            }
+        }
+        let now = now_rfc3339();
+        let patient_pk = upsert_patient(&mut tx, attrs, &now).await?;
+        sqlx::query(
+            "INSERT INTO studies (study_instance_uid, patient_pk, study_date, study_time, accession_number, \
+             study_id, study_description, referring_physician_name, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (study_instance_uid) DO NOTHING",
+        )
+        .bind(&attrs.study_instance_uid)
+        .bind(patient_pk)
+        .bind(&attrs.study_date)
+        .bind(&attrs.study_time)
+        .bind(&attrs.accession_number)
+        .bind(&attrs.study_id)
+        .bind(&attrs.study_description)
+        .bind(&attrs.referring_physician_name)
+        .bind(&now)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO series (series_instance_uid, study_instance_uid, modality, series_number, \
+             series_description, body_part_examined, series_date, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (series_instance_uid) DO NOTHING",
+        )
+        .bind(&attrs.series_instance_uid)
+        .bind(&attrs.study_instance_uid)
+        .bind(&attrs.modality)
+        .bind(attrs.series_number)
+        .bind(&attrs.series_description)
+        .bind(&attrs.body_part_examined)
+        .bind(&attrs.series_date)
+        .bind(&now)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO blobs (sha256, blob_key, compression, original_size, stored_size, created_at) \
+             VALUES ($1, $2, 'zstd', $3, $4, $5) ON CONFLICT (sha256) DO NOTHING",
+        )
+        .bind(&blob.sha256)
+        .bind(&blob.blob_key)
+        .bind(blob.original_size as i64)
+        .bind(blob.stored_size as i64)
+        .bind(&now)
+        .execute(&mut *tx)
+        .await?;
+        let source = source.to_string();
+        let kind = if existing.is_some() {
+            sqlx::query(
+                "UPDATE instances SET series_instance_uid = $2, study_instance_uid = $3, sop_class_uid = $4, \
+                 instance_number = $5, content_date = $6, num_rows = $7, num_columns = $8, number_of_frames = $9, \
+                 transfer_syntax_uid = $10, specific_character_set = $11, sha256 = $12, received_at = $13, \
+                 source = $14, metadata = $15 WHERE sop_instance_uid = $1",
+            )
+            .bind(&attrs.sop_instance_uid)
+            .bind(&attrs.series_instance_uid)
+            .bind(&attrs.study_instance_uid)
+            .bind(&attrs.sop_class_uid)
+            .bind(attrs.instance_number)
+            .bind(&attrs.content_date)
+            .bind(attrs.rows)
+            .bind(attrs.columns)
+            .bind(attrs.number_of_frames)
+            .bind(&attrs.transfer_syntax_uid)
+            .bind(&attrs.specific_character_set)
+            .bind(&blob.sha256)
+            .bind(&now)
+            .bind(&source)
+            .bind(metadata_json)
+            .execute(&mut *tx)
+            .await?;
+            "instance-replaced"
+        } else {
+            sqlx::query(
+                "INSERT INTO instances (sop_instance_uid, series_instance_uid, study_instance_uid, sop_class_uid, \
+                 instance_number, content_date, num_rows, num_columns, number_of_frames, transfer_syntax_uid, \
+                 specific_character_set, sha256, received_at, source, metadata) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
+            )
+            .bind(&attrs.sop_instance_uid)
+            .bind(&attrs.series_instance_uid)
+            .bind(&attrs.study_instance_uid)
+            .bind(&attrs.sop_class_uid)
+            .bind(attrs.instance_number)
+            .bind(&attrs.content_date)
+            .bind(attrs.rows)
+            .bind(attrs.columns)
+            .bind(attrs.number_of_frames)
+            .bind(&attrs.transfer_syntax_uid)
+            .bind(&attrs.specific_character_set)
+            .bind(&blob.sha256)
+            .bind(&now)
+            .bind(&source)
+            .bind(metadata_json)
+            .execute(&mut *tx)
+            .await?;
+            "instance-stored"
+        };
+        let seq: i64 = sqlx::query_scalar(
+            "INSERT INTO changes (kind, sop_instance_uid, series_instance_uid, study_instance_uid, recorded_at) \
+             VALUES ($1, $2, $3, $4, $5) RETURNING seq",
+        )
+        .bind(kind)
+        .bind(&attrs.sop_instance_uid)
+        .bind(&attrs.series_instance_uid)
+        .bind(&attrs.study_instance_uid)
+        .bind(&now)
+        .fetch_one(&mut *tx)
+        .await?;
+        let stored_size: i64 =
+            sqlx::query_scalar("SELECT stored_size FROM blobs WHERE sha256 = $1")
+                .bind(&blob.sha256)
+                .fetch_one(&mut *tx)
+                .await?;
+        tx.commit().await?;
+        Ok(RecordOutcome::Recorded {
+            seq,
+            stored_size: stored_size as u64,
+            replaced: existing.is_some(),
+        })
+    }
+}
+
+async fn upsert_patient(
+    tx: &mut Transaction<'_, Sqlite>,
+    attrs: &InstanceAttributes,
+    now: &str,
+) -> Result<i64, ArchiveError> {
+    let key = attrs.patient_key();
+    sqlx::query(
+        "INSERT INTO patients (patient_key, patient_id, issuer_of_patient_id, patient_name, birth_date, sex, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (patient_key) DO NOTHING",
+    )
+    .bind(&key)
+    .bind(&attrs.patient_id)
+    .bind(&attrs.issuer_of_patient_id)
+    .bind(&attrs.patient_name)
+    .bind(&attrs.patient_birth_date)
+    .bind(&attrs.patient_sex)
+    .bind(now)
+    .execute(&mut **tx)
+    .await?;
+    Ok(
+        sqlx::query_scalar::<_, i64>("SELECT id FROM patients WHERE patient_key = $1")
+            .bind(&key)
+            .fetch_one(&mut **tx)
+            .await?,
+    )
+}

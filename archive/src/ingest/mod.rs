@@ -1,0 +1,13 @@
+//! Reading what arrives: Part-10 bytes from a file or STOW-RS, or a data set
+//! plus its transfer syntax as C-STORE hands it over. The pipeline that
+//! stores it lives in [`crate::Archive::ingest_part10`].
+
+mod parse;
+
+pub use parse::{ParsedObject, parse_part10, part10_from_dataset};
+
+/// Implementation Class UID written into the file meta group of objects
+/// that arrive without one (C-STORE data sets).
+pub const IMPLEMENTATION_CLASS_UID: &str = "2.25.61092488385493542307712493811342316071";
+/// Implementation Version Name that goes with it.
+pub const IMPLEMENTATION_VERSION_NAME: &str = "PACSLITE_010";
