@@ -48,9 +48,21 @@ impl PacsConfig {
             }
             figment = figment.merge(Toml::file_exact(file));
         }
+        // Only variables that name a configuration section are read, so other
+        // PACS_* variables (PACS_LOG, PACS_CONFIG, test settings) are not
+        // mistaken for unknown keys.
+        let sections: Vec<String> = serde_json::to_value(PacsConfig::default())
+            .ok()
+            .and_then(|v| v.as_object().map(|o| o.keys().cloned().collect()))
+            .unwrap_or_default();
         figment = figment.merge(
             Env::prefixed("PACS_")
-                .ignore(&["config", "log"])
+                .filter(move |key| {
+                    let key = key.as_str().to_ascii_lowercase();
+                    sections
+                        .iter()
+                        .any(|s| key == *s || key.starts_with(&format!("{s}__")))
+                })
                 .split("__"),
         );
         let mut config: PacsConfig = figment.extract().with_context(|| match file {
@@ -106,6 +118,7 @@ mod tests {
             )?;
             jail.set_env("PACS_INGEST__ZSTD_LEVEL", "7");
             jail.set_env("PACS_STORAGE__S3__BUCKET", "archive-b");
+            jail.set_env("PACS_SOMETHING_ELSE", "ignored");
             let config =
                 PacsConfig::load(Some(Path::new("pacs.toml")), Some(Path::new("/x"))).unwrap();
             assert_eq!(config.ingest.zstd_level, 7);
