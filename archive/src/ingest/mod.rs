@@ -3,6 +3,7 @@
 //! stores it lives in [`crate::Archive::ingest_part10`].
 
 mod parse;
+mod structure;
 
 pub use parse::{ParsedObject, parse_part10, part10_from_dataset};
 

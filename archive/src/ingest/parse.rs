@@ -11,6 +11,7 @@ use dicom_dictionary_std::tags;
 use dicom_object::file::ReadPreamble;
 use dicom_object::{FileMetaTableBuilder, InMemDicomObject, OpenFileOptions};
 
+use super::structure;
 use super::{IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME};
 use crate::model::{InstanceAttributes, RefusalReason, check_uid, uid_has_leading_zero};
 
@@ -66,6 +67,26 @@ pub fn part10_from_dataset(
     })?;
     out.extend_from_slice(dataset);
     Ok(out)
+}
+
+/// Refuse objects whose declared lengths do not fit in the bytes received,
+/// before the parser allocates anything on their word.
+fn check_structure(after_magic: &[u8]) -> Result<(), RefusalReason> {
+    let (transfer_syntax, offset) = structure::check_meta(after_magic)
+        .map_err(|e| RefusalReason::Unparseable(format!("file meta group: {e}")))?;
+    let dataset = &after_magic[offset..];
+    let result = if structure::is_deflated(&transfer_syntax) {
+        // Bounded inflate: a deflate bomb stops at the cap, then fails the walk.
+        let cap = (dataset.len() as u64).saturating_mul(64).min(4 << 30);
+        let mut inflated = Vec::new();
+        let reader = flate2::read::DeflateDecoder::new(dataset);
+        std::io::Read::read_to_end(&mut std::io::Read::take(reader, cap), &mut inflated)
+            .map_err(|e| RefusalReason::Unparseable(format!("deflated data set: {e}")))?;
+        structure::check_dataset(&inflated, "1.2.840.10008.1.2.1")
+    } else {
+        structure::check_dataset(dataset, &transfer_syntax)
+    };
+    result.map_err(|e| RefusalReason::Unparseable(format!("data set structure: {e}")))
 }
 
 fn text(obj: &InMemDicomObject, tag: Tag) -> Option<String> {
@@ -146,6 +167,7 @@ pub fn parse_part10(
             "no \"DICM\" prefix after a 128-byte preamble (not a Part-10 file)".into(),
         ));
     };
+    check_structure(&bytes[start + 4..])?;
     let file = OpenFileOptions::new()
         .read_preamble(ReadPreamble::Never)
         .from_reader(&bytes[start..])
