@@ -1,9 +1,11 @@
 //! Parsing and validation of incoming objects.
 //!
-//! The whole data set is parsed, not only the header: a file truncated inside
-//! its pixel data must be refused, not stored. Pixel data and other binary
-//! bulk data are dropped before the DICOM JSON metadata (PS3.18 F.2) is made;
-//! such attributes stay in the JSON with their VR and no value.
+//! Every element header of the object is walked first (`structure`), so a file
+//! truncated inside its pixel data, or one declaring lengths it does not
+//! have, is refused before anything is allocated on its word. The data set is
+//! then parsed only up to the pixel data. Binary bulk data is dropped before
+//! the DICOM JSON metadata (PS3.18 F.2) is made; such attributes stay in the
+//! JSON with their VR and no value.
 
 use dicom_core::Tag;
 use dicom_core::VR;
@@ -71,7 +73,7 @@ pub fn part10_from_dataset(
 
 /// Refuse objects whose declared lengths do not fit in the bytes received,
 /// before the parser allocates anything on their word.
-fn check_structure(after_magic: &[u8]) -> Result<(), RefusalReason> {
+fn check_structure(after_magic: &[u8]) -> Result<Option<VR>, RefusalReason> {
     let (transfer_syntax, offset) = structure::check_meta(after_magic)
         .map_err(|e| RefusalReason::Unparseable(format!("file meta group: {e}")))?;
     let dataset = &after_magic[offset..];
@@ -167,9 +169,12 @@ pub fn parse_part10(
             "no \"DICM\" prefix after a 128-byte preamble (not a Part-10 file)".into(),
         ));
     };
-    check_structure(&bytes[start + 4..])?;
+    let pixel_data_vr = check_structure(&bytes[start + 4..])?;
     let file = OpenFileOptions::new()
         .read_preamble(ReadPreamble::Never)
+        // The structure check has seen every element fit; the parser needs
+        // to read only up to the pixel data.
+        .read_until(tags::PIXEL_DATA)
         .from_reader(&bytes[start..])
         .map_err(|e| RefusalReason::Unparseable(error_chain(&e)))?;
     let transfer_syntax_uid = file
@@ -242,6 +247,12 @@ pub fn parse_part10(
     })?;
     strip_inline_binary(&mut json, bulk_data_threshold);
     if let serde_json::Value::Object(map) = &mut json {
+        if let Some(vr) = pixel_data_vr {
+            map.insert(
+                "7FE00010".into(),
+                serde_json::json!({ "vr": vr.to_string() }),
+            );
+        }
         for (tag, vr) in bulk {
             map.insert(
                 format!("{:04X}{:04X}", tag.group(), tag.element()),

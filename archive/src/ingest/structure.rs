@@ -27,6 +27,8 @@ struct Encoding {
 struct Walker<'a> {
     data: &'a [u8],
     pos: usize,
+    /// VR of the top-level Pixel Data element, once seen.
+    pixel_data: Option<VR>,
 }
 
 type Check<T> = Result<T, String>;
@@ -140,6 +142,14 @@ impl<'a> Walker<'a> {
                 (vr, self.u32(enc)?)
             };
             let is_pixel_data = tag == (0x7FE0, 0x0010);
+            if is_pixel_data && depth == 0 {
+                self.pixel_data = Some(match vr {
+                    Some(vr) if enc.explicit => vr,
+                    // Implicit VR: OW (PS3.5 A.1); encapsulated: OB.
+                    _ if len == UNDEFINED => VR::OB,
+                    _ => VR::OW,
+                });
+            }
             if len == UNDEFINED {
                 // Undefined length: a sequence, encapsulated pixel data, or UN
                 // holding an implicit-VR sequence.
@@ -259,13 +269,16 @@ pub fn is_deflated(transfer_syntax_uid: &str) -> bool {
     )
 }
 
-/// Check the element structure of a (non-deflated) data set.
-pub fn check_dataset(dataset: &[u8], transfer_syntax_uid: &str) -> Check<()> {
+/// Check the element structure of a (non-deflated) data set; returns the VR
+/// of its Pixel Data element, if it has one.
+pub fn check_dataset(dataset: &[u8], transfer_syntax_uid: &str) -> Check<Option<VR>> {
     let mut walker = Walker {
         data: dataset,
         pos: 0,
+        pixel_data: None,
     };
-    walker.elements(encoding_of(transfer_syntax_uid), dataset.len(), false, 0)
+    walker.elements(encoding_of(transfer_syntax_uid), dataset.len(), false, 0)?;
+    Ok(walker.pixel_data)
 }
 
 /// Check the file meta group that follows `DICM` and return its transfer
@@ -278,6 +291,7 @@ pub fn check_meta(after_magic: &[u8]) -> Check<(String, usize)> {
     let mut walker = Walker {
         data: after_magic,
         pos: 0,
+        pixel_data: None,
     };
     let mut transfer_syntax = None;
     while walker.pos + 4 <= after_magic.len() {
