@@ -129,21 +129,23 @@ impl Archive {
             .acquire()
             .await
             .expect("in-flight semaphore never closed");
-        let level = self.inner.config.ingest.zstd_level;
-        let threshold = self.inner.config.ingest.bulk_data_threshold;
+        let ingest_config = self.inner.config.ingest.clone();
         let cpu_input = bytes.clone();
-        // Parse, hash and compress at once on the rayon pool.
-        let (parsed, (sha256, compressed)) = on_rayon(move || {
+        // Parse and validate, then hash and compress, on the rayon pool.
+        // Many instances are in flight at once, so both cores stay busy
+        // without splitting one object's work; a refused object is never
+        // compressed.
+        let cpu = on_rayon(move || {
             let data = &cpu_input[..];
-            rayon::join(
-                || parse_part10(data, threshold),
-                || rayon::join(|| sha256_hex(data), || zstd::bulk::compress(data, level)),
-            )
+            let parsed = parse_part10(data, ingest_config.bulk_data_threshold)?;
+            let level = ingest_config.zstd_level_for(&parsed.attributes.transfer_syntax_uid);
+            let sha256 = sha256_hex(data);
+            let compressed = compress_blob(data, level);
+            Ok::<_, RefusalReason>((parsed, sha256, compressed))
         })
         .await;
-
-        let parsed = match parsed {
-            Ok(p) => p,
+        let (parsed, sha256, compressed) = match cpu {
+            Ok(done) => done,
             Err(reason) => {
                 tracing::info!(%source, %reason, "refused");
                 return IngestReceipt::Refused(Refusal {
@@ -153,6 +155,7 @@ impl Archive {
                 });
             }
         };
+
         let attrs = parsed.attributes;
         let refuse = |reason: RefusalReason| {
             tracing::warn!(%source, sop_instance_uid = %attrs.sop_instance_uid, %reason, "refused");
@@ -176,19 +179,22 @@ impl Archive {
         let allow_replace = self.inner.config.ingest.allow_replace;
         let catalog = &self.inner.catalog;
 
-        match catalog.instance(&attrs.sop_instance_uid).await {
-            Ok(Some(existing)) if existing.sha256 == sha256 => {
-                return IngestReceipt::Duplicate(instance(existing.stored_size as u64, None));
+        let precheck = match catalog.precheck(&attrs.sop_instance_uid, &sha256).await {
+            Ok(p) => p,
+            Err(e) => return refuse(RefusalReason::CatalogUnavailable(e.to_string())),
+        };
+        match precheck.existing {
+            Some((stored_sha, stored_size)) if stored_sha == sha256 => {
+                return IngestReceipt::Duplicate(instance(stored_size, None));
             }
-            Ok(Some(existing)) if !allow_replace => {
+            Some((stored_sha, _)) if !allow_replace => {
                 return refuse(RefusalReason::Conflict {
                     sop_instance_uid: attrs.sop_instance_uid.clone(),
-                    stored_sha256: existing.sha256,
+                    stored_sha256: stored_sha,
                     received_sha256: sha256.clone(),
                 });
             }
-            Ok(_) => {}
-            Err(e) => return refuse(RefusalReason::CatalogUnavailable(e.to_string())),
+            _ => {}
         }
 
         let compressed = match compressed {
@@ -196,10 +202,7 @@ impl Archive {
             Err(e) => return refuse(RefusalReason::StoreUnavailable(format!("zstd: {e}"))),
         };
         let key = blob_key(&sha256);
-        let already_stored = match catalog.blob_stored_size(&sha256).await {
-            Ok(size) => size,
-            Err(e) => return refuse(RefusalReason::CatalogUnavailable(e.to_string())),
-        };
+        let already_stored = precheck.blob_stored_size;
         if already_stored.is_none()
             && let Err(e) = self.inner.store.put(&key, compressed.clone()).await
         {
@@ -302,4 +305,21 @@ impl Archive {
     pub async fn stats(&self) -> Result<ArchiveStats, ArchiveError> {
         self.inner.catalog.stats().await
     }
+}
+
+/// zstd-compress a blob with a compression context kept per rayon thread
+/// (creating one per object costs megabytes of fresh pages each time).
+fn compress_blob(data: &[u8], level: i32) -> std::io::Result<Vec<u8>> {
+    thread_local! {
+        static COMPRESSOR: std::cell::RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> =
+            const { std::cell::RefCell::new(None) };
+    }
+    COMPRESSOR.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        if slot.as_ref().is_none_or(|(l, _)| *l != level) {
+            *slot = Some((level, zstd::bulk::Compressor::new(level)?));
+        }
+        let (_, compressor) = slot.as_mut().expect("set above");
+        compressor.compress(data)
+    })
 }

@@ -100,6 +100,10 @@ pub struct IngestConfig {
     /// zstd level of stored blobs (1 fastest .. 19 smallest). Level 3 stores
     /// about half of typical imaging bytes at ~200 MB/s per core.
     pub zstd_level: i32,
+    /// zstd level for objects whose transfer syntax is already compressed
+    /// (JPEG, JPEG-LS, JPEG 2000, RLE, deflate, video): zstd gains little on
+    /// them, so a fast level saves CPU.
+    pub zstd_level_compressed_syntaxes: i32,
     /// Most instances being parsed, hashed, compressed and stored at once;
     /// further ingests wait (back-pressure on the sender). 0 = 4 x cores.
     pub max_in_flight: usize,
@@ -115,6 +119,7 @@ impl Default for IngestConfig {
     fn default() -> Self {
         IngestConfig {
             zstd_level: 3,
+            zstd_level_compressed_syntaxes: 1,
             max_in_flight: 0,
             allow_replace: false,
             bulk_data_threshold: 1024,
@@ -123,6 +128,20 @@ impl Default for IngestConfig {
 }
 
 impl IngestConfig {
+    /// The zstd level for an object in this transfer syntax.
+    pub fn zstd_level_for(&self, transfer_syntax_uid: &str) -> i32 {
+        use dicom_encoding::TransferSyntaxIndex;
+        let precompressed = dicom_transfer_syntax_registry::TransferSyntaxRegistry
+            .get(transfer_syntax_uid)
+            .is_none_or(|ts| ts.is_encapsulated_pixel_data())
+            || crate::ingest::is_deflated(transfer_syntax_uid);
+        if precompressed {
+            self.zstd_level_compressed_syntaxes
+        } else {
+            self.zstd_level
+        }
+    }
+
     pub fn effective_max_in_flight(&self) -> usize {
         if self.max_in_flight > 0 {
             self.max_in_flight

@@ -10,6 +10,8 @@ pub enum ArchiveError {
     Config(String),
     #[error("catalog: {0}")]
     Catalog(#[from] sqlx::Error),
+    #[error("catalog write failed: {0}")]
+    CatalogWrite(String),
     #[error("catalog migration: {0}")]
     Migration(#[from] sqlx::migrate::MigrateError),
     #[error("object store: {0}")]

@@ -15,6 +15,7 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 use sqlx::{Row, Sqlite, Transaction};
+use tokio::sync::{mpsc, oneshot};
 
 use crate::error::ArchiveError;
 use crate::model::{IngestSource, InstanceAttributes};
@@ -83,9 +84,32 @@ pub struct CatalogStats {
 
 #[derive(Debug, Clone)]
 pub struct Catalog {
-    writer: SqlitePool,
+    writes: mpsc::Sender<PendingRecord>,
     reader: SqlitePool,
 }
+
+/// What the archive needs to know before storing an object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Precheck {
+    /// SHA-256 and stored size of the instance already stored under this
+    /// SOP Instance UID, if any.
+    pub existing: Option<(String, u64)>,
+    /// Stored size of a blob with the object's SHA-256, if one is recorded.
+    pub blob_stored_size: Option<u64>,
+}
+
+/// An instance waiting for the writer task's next group commit.
+struct PendingRecord {
+    attrs: InstanceAttributes,
+    blob: BlobRecord,
+    source: String,
+    metadata_json: String,
+    replace: bool,
+    reply: oneshot::Sender<Result<RecordOutcome, ArchiveError>>,
+}
+
+/// Most records committed together in one transaction.
+const MAX_GROUP_COMMIT: usize = 128;
 
 fn now_rfc3339() -> String {
     time::OffsetDateTime::now_utc()
@@ -121,7 +145,9 @@ impl Catalog {
             .max_connections(4)
             .connect_with(options.read_only(true))
             .await?;
-        Ok(Catalog { writer, reader })
+        let (writes, queue) = mpsc::channel(4 * MAX_GROUP_COMMIT);
+        tokio::spawn(writer_task(writer, queue));
+        Ok(Catalog { writes, reader })
     }
 
     /// The stored instance with this SOP Instance UID, if any.
@@ -136,13 +162,29 @@ impl Catalog {
             .await?)
     }
 
-    /// Whether a blob with this SHA-256 is recorded (and so already stored).
-    pub async fn blob_stored_size(&self, sha256: &str) -> Result<Option<u64>, ArchiveError> {
-        let row = sqlx::query("SELECT stored_size FROM blobs WHERE sha256 = $1")
-            .bind(sha256)
-            .fetch_optional(&self.reader)
-            .await?;
-        Ok(row.map(|r| r.get::<i64, _>(0) as u64))
+    /// One read before an ingest stores anything: is this SOP Instance UID
+    /// already stored, and is this content already stored?
+    pub async fn precheck(
+        &self,
+        sop_instance_uid: &str,
+        sha256: &str,
+    ) -> Result<Precheck, ArchiveError> {
+        let row = sqlx::query(
+            "SELECT (SELECT i.sha256 FROM instances i WHERE i.sop_instance_uid = $1), \
+             (SELECT b.stored_size FROM instances i JOIN blobs b ON b.sha256 = i.sha256 WHERE i.sop_instance_uid = $1), \
+             (SELECT stored_size FROM blobs WHERE sha256 = $2)",
+        )
+        .bind(sop_instance_uid)
+        .bind(sha256)
+        .fetch_one(&self.reader)
+        .await?;
+        let existing_sha: Option<String> = row.get(0);
+        let existing_size: Option<i64> = row.get(1);
+        let blob_size: Option<i64> = row.get(2);
+        Ok(Precheck {
+            existing: existing_sha.map(|sha| (sha, existing_size.unwrap_or(0) as u64)),
+            blob_stored_size: blob_size.map(|s| s as u64),
+        })
     }
 
     /// All instances, or those of one study, in a stable order.
@@ -222,6 +264,10 @@ impl Catalog {
     /// in one transaction: patient, study, series (created if new), blob,
     /// instance and a change-feed entry. With `replace`, an existing instance
     /// row with the same SOP Instance UID is pointed at the new blob.
+    ///
+    /// Records from concurrent ingests are group-committed by one writer
+    /// task: one fsync for many instances, each answered only after the
+    /// commit that made it durable.
     pub async fn record_instance(
         &self,
         attrs: &InstanceAttributes,
@@ -230,142 +276,163 @@ impl Catalog {
         metadata_json: &str,
         replace: bool,
     ) -> Result<RecordOutcome, ArchiveError> {
-        let mut tx = self.writer.begin().await?;
-        let existing = sqlx::query(
-            "SELECT i.sha256, b.stored_size FROM instances i JOIN blobs b ON b.sha256 = i.sha256 \
-             WHERE i.sop_instance_uid = $1",
-        )
-        .bind(&attrs.sop_instance_uid)
-        .fetch_optional(&mut *tx)
-        .await?;
-        if let Some(row) = &existing {
-            let sha: String = row.get(0);
-            if sha == blob.sha256 || !replace {
-                return Ok(RecordOutcome::AlreadyPresent {
-                    sha256: sha,
-                    stored_size: row.get::<i64, _>(1) as u64,
-                });
-            }
-        }
-        let now = now_rfc3339();
-        let patient_pk = upsert_patient(&mut tx, attrs, &now).await?;
-        sqlx::query(
-            "INSERT INTO studies (study_instance_uid, patient_pk, study_date, study_time, accession_number, \
-             study_id, study_description, referring_physician_name, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (study_instance_uid) DO NOTHING",
-        )
-        .bind(&attrs.study_instance_uid)
-        .bind(patient_pk)
-        .bind(&attrs.study_date)
-        .bind(&attrs.study_time)
-        .bind(&attrs.accession_number)
-        .bind(&attrs.study_id)
-        .bind(&attrs.study_description)
-        .bind(&attrs.referring_physician_name)
-        .bind(&now)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query(
-            "INSERT INTO series (series_instance_uid, study_instance_uid, modality, series_number, \
-             series_description, body_part_examined, series_date, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (series_instance_uid) DO NOTHING",
-        )
-        .bind(&attrs.series_instance_uid)
-        .bind(&attrs.study_instance_uid)
-        .bind(&attrs.modality)
-        .bind(attrs.series_number)
-        .bind(&attrs.series_description)
-        .bind(&attrs.body_part_examined)
-        .bind(&attrs.series_date)
-        .bind(&now)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query(
-            "INSERT INTO blobs (sha256, blob_key, compression, original_size, stored_size, created_at) \
-             VALUES ($1, $2, 'zstd', $3, $4, $5) ON CONFLICT (sha256) DO NOTHING",
-        )
-        .bind(&blob.sha256)
-        .bind(&blob.blob_key)
-        .bind(blob.original_size as i64)
-        .bind(blob.stored_size as i64)
-        .bind(&now)
-        .execute(&mut *tx)
-        .await?;
-        let source = source.to_string();
-        let kind = if existing.is_some() {
-            sqlx::query(
-                "UPDATE instances SET series_instance_uid = $2, study_instance_uid = $3, sop_class_uid = $4, \
-                 instance_number = $5, content_date = $6, num_rows = $7, num_columns = $8, number_of_frames = $9, \
-                 transfer_syntax_uid = $10, specific_character_set = $11, sha256 = $12, received_at = $13, \
-                 source = $14, metadata = $15 WHERE sop_instance_uid = $1",
-            )
-            .bind(&attrs.sop_instance_uid)
-            .bind(&attrs.series_instance_uid)
-            .bind(&attrs.study_instance_uid)
-            .bind(&attrs.sop_class_uid)
-            .bind(attrs.instance_number)
-            .bind(&attrs.content_date)
-            .bind(attrs.rows)
-            .bind(attrs.columns)
-            .bind(attrs.number_of_frames)
-            .bind(&attrs.transfer_syntax_uid)
-            .bind(&attrs.specific_character_set)
-            .bind(&blob.sha256)
-            .bind(&now)
-            .bind(&source)
-            .bind(metadata_json)
-            .execute(&mut *tx)
-            .await?;
-            "instance-replaced"
-        } else {
-            sqlx::query(
-                "INSERT INTO instances (sop_instance_uid, series_instance_uid, study_instance_uid, sop_class_uid, \
-                 instance_number, content_date, num_rows, num_columns, number_of_frames, transfer_syntax_uid, \
-                 specific_character_set, sha256, received_at, source, metadata) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
-            )
-            .bind(&attrs.sop_instance_uid)
-            .bind(&attrs.series_instance_uid)
-            .bind(&attrs.study_instance_uid)
-            .bind(&attrs.sop_class_uid)
-            .bind(attrs.instance_number)
-            .bind(&attrs.content_date)
-            .bind(attrs.rows)
-            .bind(attrs.columns)
-            .bind(attrs.number_of_frames)
-            .bind(&attrs.transfer_syntax_uid)
-            .bind(&attrs.specific_character_set)
-            .bind(&blob.sha256)
-            .bind(&now)
-            .bind(&source)
-            .bind(metadata_json)
-            .execute(&mut *tx)
-            .await?;
-            "instance-stored"
+        let (reply, answer) = oneshot::channel();
+        let pending = PendingRecord {
+            attrs: attrs.clone(),
+            blob: blob.clone(),
+            source: source.to_string(),
+            metadata_json: metadata_json.to_owned(),
+            replace,
+            reply,
         };
-        let seq: i64 = sqlx::query_scalar(
-            "INSERT INTO changes (kind, sop_instance_uid, series_instance_uid, study_instance_uid, recorded_at) \
-             VALUES ($1, $2, $3, $4, $5) RETURNING seq",
-        )
-        .bind(kind)
-        .bind(&attrs.sop_instance_uid)
-        .bind(&attrs.series_instance_uid)
-        .bind(&attrs.study_instance_uid)
-        .bind(&now)
-        .fetch_one(&mut *tx)
-        .await?;
-        let stored_size: i64 =
-            sqlx::query_scalar("SELECT stored_size FROM blobs WHERE sha256 = $1")
-                .bind(&blob.sha256)
-                .fetch_one(&mut *tx)
-                .await?;
-        tx.commit().await?;
-        Ok(RecordOutcome::Recorded {
-            seq,
-            stored_size: stored_size as u64,
-            replaced: existing.is_some(),
-        })
+        let gone = || ArchiveError::CatalogWrite("the catalog writer has stopped".into());
+        self.writes.send(pending).await.map_err(|_| gone())?;
+        answer.await.map_err(|_| gone())?
     }
+}
+
+/// Write one record inside the writer's transaction (in its own savepoint).
+async fn record_in_tx(
+    tx: &mut Transaction<'_, Sqlite>,
+    rec: &PendingRecord,
+) -> Result<RecordOutcome, ArchiveError> {
+    let existing = sqlx::query(
+        "SELECT i.sha256, b.stored_size FROM instances i JOIN blobs b ON b.sha256 = i.sha256 \
+         WHERE i.sop_instance_uid = $1",
+    )
+    .bind(&rec.attrs.sop_instance_uid)
+    .fetch_optional(&mut **tx)
+    .await?;
+    if let Some(row) = &existing {
+        let sha: String = row.get(0);
+        if sha == rec.blob.sha256 || !rec.replace {
+            return Ok(RecordOutcome::AlreadyPresent {
+                sha256: sha,
+                stored_size: row.get::<i64, _>(1) as u64,
+            });
+        }
+    }
+    let now = now_rfc3339();
+    let patient_pk = upsert_patient(tx, &rec.attrs, &now).await?;
+    sqlx::query(
+        "INSERT INTO studies (study_instance_uid, patient_pk, study_date, study_time, accession_number, \
+         study_id, study_description, referring_physician_name, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (study_instance_uid) DO NOTHING",
+    )
+    .bind(&rec.attrs.study_instance_uid)
+    .bind(patient_pk)
+    .bind(&rec.attrs.study_date)
+    .bind(&rec.attrs.study_time)
+    .bind(&rec.attrs.accession_number)
+    .bind(&rec.attrs.study_id)
+    .bind(&rec.attrs.study_description)
+    .bind(&rec.attrs.referring_physician_name)
+    .bind(&now)
+    .execute(&mut **tx)
+    .await?;
+    sqlx::query(
+        "INSERT INTO series (series_instance_uid, study_instance_uid, modality, series_number, \
+         series_description, body_part_examined, series_date, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (series_instance_uid) DO NOTHING",
+    )
+    .bind(&rec.attrs.series_instance_uid)
+    .bind(&rec.attrs.study_instance_uid)
+    .bind(&rec.attrs.modality)
+    .bind(rec.attrs.series_number)
+    .bind(&rec.attrs.series_description)
+    .bind(&rec.attrs.body_part_examined)
+    .bind(&rec.attrs.series_date)
+    .bind(&now)
+    .execute(&mut **tx)
+    .await?;
+    let blob_inserted = sqlx::query(
+        "INSERT INTO blobs (sha256, blob_key, compression, original_size, stored_size, created_at) \
+         VALUES ($1, $2, 'zstd', $3, $4, $5) ON CONFLICT (sha256) DO NOTHING",
+    )
+    .bind(&rec.blob.sha256)
+    .bind(&rec.blob.blob_key)
+    .bind(rec.blob.original_size as i64)
+    .bind(rec.blob.stored_size as i64)
+    .bind(&now)
+    .execute(&mut **tx)
+    .await?
+    .rows_affected()
+        > 0;
+    let kind = if existing.is_some() {
+        sqlx::query(
+            "UPDATE instances SET series_instance_uid = $2, study_instance_uid = $3, sop_class_uid = $4, \
+             instance_number = $5, content_date = $6, num_rows = $7, num_columns = $8, number_of_frames = $9, \
+             transfer_syntax_uid = $10, specific_character_set = $11, sha256 = $12, received_at = $13, \
+             source = $14, metadata = $15 WHERE sop_instance_uid = $1",
+        )
+        .bind(&rec.attrs.sop_instance_uid)
+        .bind(&rec.attrs.series_instance_uid)
+        .bind(&rec.attrs.study_instance_uid)
+        .bind(&rec.attrs.sop_class_uid)
+        .bind(rec.attrs.instance_number)
+        .bind(&rec.attrs.content_date)
+        .bind(rec.attrs.rows)
+        .bind(rec.attrs.columns)
+        .bind(rec.attrs.number_of_frames)
+        .bind(&rec.attrs.transfer_syntax_uid)
+        .bind(&rec.attrs.specific_character_set)
+        .bind(&rec.blob.sha256)
+        .bind(&now)
+        .bind(&rec.source)
+        .bind(&rec.metadata_json)
+        .execute(&mut **tx)
+        .await?;
+        "instance-replaced"
+    } else {
+        sqlx::query(
+            "INSERT INTO instances (sop_instance_uid, series_instance_uid, study_instance_uid, sop_class_uid, \
+             instance_number, content_date, num_rows, num_columns, number_of_frames, transfer_syntax_uid, \
+             specific_character_set, sha256, received_at, source, metadata) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
+        )
+        .bind(&rec.attrs.sop_instance_uid)
+        .bind(&rec.attrs.series_instance_uid)
+        .bind(&rec.attrs.study_instance_uid)
+        .bind(&rec.attrs.sop_class_uid)
+        .bind(rec.attrs.instance_number)
+        .bind(&rec.attrs.content_date)
+        .bind(rec.attrs.rows)
+        .bind(rec.attrs.columns)
+        .bind(rec.attrs.number_of_frames)
+        .bind(&rec.attrs.transfer_syntax_uid)
+        .bind(&rec.attrs.specific_character_set)
+        .bind(&rec.blob.sha256)
+        .bind(&now)
+        .bind(&rec.source)
+        .bind(&rec.metadata_json)
+        .execute(&mut **tx)
+        .await?;
+        "instance-stored"
+    };
+    let seq: i64 = sqlx::query_scalar(
+        "INSERT INTO changes (kind, sop_instance_uid, series_instance_uid, study_instance_uid, recorded_at) \
+         VALUES ($1, $2, $3, $4, $5) RETURNING seq",
+    )
+    .bind(kind)
+    .bind(&rec.attrs.sop_instance_uid)
+    .bind(&rec.attrs.series_instance_uid)
+    .bind(&rec.attrs.study_instance_uid)
+    .bind(&now)
+    .fetch_one(&mut **tx)
+    .await?;
+    let stored_size = if blob_inserted {
+        rec.blob.stored_size as i64
+    } else {
+        sqlx::query_scalar("SELECT stored_size FROM blobs WHERE sha256 = $1")
+            .bind(&rec.blob.sha256)
+            .fetch_one(&mut **tx)
+            .await?
+    };
+    Ok(RecordOutcome::Recorded {
+        seq,
+        stored_size: stored_size as u64,
+        replaced: existing.is_some(),
+    })
 }
 
 async fn upsert_patient(
@@ -373,24 +440,92 @@ async fn upsert_patient(
     attrs: &InstanceAttributes,
     now: &str,
 ) -> Result<i64, ArchiveError> {
-    let key = attrs.patient_key();
-    sqlx::query(
+    // The no-op update makes RETURNING give the id of an existing row too.
+    Ok(sqlx::query_scalar::<_, i64>(
         "INSERT INTO patients (patient_key, patient_id, issuer_of_patient_id, patient_name, birth_date, sex, created_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (patient_key) DO NOTHING",
+         VALUES ($1, $2, $3, $4, $5, $6, $7) \
+         ON CONFLICT (patient_key) DO UPDATE SET patient_key = excluded.patient_key RETURNING id",
     )
-    .bind(&key)
+    .bind(attrs.patient_key())
     .bind(&attrs.patient_id)
     .bind(&attrs.issuer_of_patient_id)
     .bind(&attrs.patient_name)
     .bind(&attrs.patient_birth_date)
     .bind(&attrs.patient_sex)
     .bind(now)
-    .execute(&mut **tx)
-    .await?;
-    Ok(
-        sqlx::query_scalar::<_, i64>("SELECT id FROM patients WHERE patient_key = $1")
-            .bind(&key)
-            .fetch_one(&mut **tx)
-            .await?,
-    )
+    .fetch_one(&mut **tx)
+    .await?)
+}
+
+/// The one writer of the catalog: takes whatever records are queued (up to
+/// `MAX_GROUP_COMMIT`), writes each in its own savepoint, commits once, and
+/// only then answers each ingest.
+async fn writer_task(pool: SqlitePool, mut queue: mpsc::Receiver<PendingRecord>) {
+    let mut batch = Vec::with_capacity(MAX_GROUP_COMMIT);
+    while let Some(first) = queue.recv().await {
+        batch.push(first);
+        while batch.len() < MAX_GROUP_COMMIT {
+            match queue.try_recv() {
+                Ok(next) => batch.push(next),
+                Err(_) => break,
+            }
+        }
+        match commit_group(&pool, &batch).await {
+            Ok(outcomes) => {
+                for (pending, outcome) in batch.drain(..).zip(outcomes) {
+                    let _ = pending.reply.send(outcome);
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, records = batch.len(), "catalog group commit failed");
+                let message = e.to_string();
+                for pending in batch.drain(..) {
+                    let _ = pending
+                        .reply
+                        .send(Err(ArchiveError::CatalogWrite(message.clone())));
+                }
+            }
+        }
+    }
+}
+
+async fn commit_group(
+    pool: &SqlitePool,
+    batch: &[PendingRecord],
+) -> Result<Vec<Result<RecordOutcome, ArchiveError>>, ArchiveError> {
+    // Fast path: the whole group in one transaction.
+    let mut tx = pool.begin().await?;
+    let mut outcomes = Vec::with_capacity(batch.len());
+    let mut failed = false;
+    for rec in batch {
+        match record_in_tx(&mut tx, rec).await {
+            Ok(outcome) => outcomes.push(outcome),
+            Err(e) => {
+                tracing::warn!(error = %e, sop_instance_uid = %rec.attrs.sop_instance_uid, "record failed; retrying the group one by one");
+                failed = true;
+                break;
+            }
+        }
+    }
+    if !failed {
+        tx.commit().await?;
+        return Ok(outcomes.into_iter().map(Ok).collect());
+    }
+    tx.rollback().await?;
+    // Slow path: one transaction per record, so one bad record fails alone.
+    let mut results = Vec::with_capacity(batch.len());
+    for rec in batch {
+        let mut tx = pool.begin().await?;
+        match record_in_tx(&mut tx, rec).await {
+            Ok(outcome) => {
+                tx.commit().await?;
+                results.push(Ok(outcome));
+            }
+            Err(e) => {
+                tx.rollback().await?;
+                results.push(Err(e));
+            }
+        }
+    }
+    Ok(results)
 }

@@ -5,6 +5,8 @@
 mod parse;
 mod structure;
 
+pub use structure::is_deflated;
+
 pub use parse::{ParsedObject, parse_part10, part10_from_dataset};
 
 /// Implementation Class UID written into the file meta group of objects

@@ -11,7 +11,7 @@ use dicom_core::Tag;
 use dicom_core::VR;
 use dicom_dictionary_std::tags;
 use dicom_object::file::ReadPreamble;
-use dicom_object::{FileMetaTableBuilder, InMemDicomObject, OpenFileOptions};
+use dicom_object::{FileMetaTable, FileMetaTableBuilder, InMemDicomObject, OpenFileOptions};
 
 use super::structure;
 use super::{IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME};
@@ -71,25 +71,45 @@ pub fn part10_from_dataset(
     Ok(out)
 }
 
-/// Refuse objects whose declared lengths do not fit in the bytes received,
-/// before the parser allocates anything on their word.
-fn check_structure(after_magic: &[u8]) -> Result<Option<VR>, RefusalReason> {
+/// Check the structure of everything after `DICM` (refusing objects whose
+/// declared lengths do not fit in the bytes received, before the parser
+/// allocates anything on their word). Returns the transfer syntax, the VR of
+/// the Pixel Data element if any, and for a deflated data set its inflated
+/// bytes (inflated once here, parsed from memory below).
+fn check_structure(after_magic: &[u8]) -> Result<CheckedObject, RefusalReason> {
     let (transfer_syntax, offset) = structure::check_meta(after_magic)
         .map_err(|e| RefusalReason::Unparseable(format!("file meta group: {e}")))?;
     let dataset = &after_magic[offset..];
-    let result = if structure::is_deflated(&transfer_syntax) {
+    let structure_error = |e| RefusalReason::Unparseable(format!("data set structure: {e}"));
+    if structure::is_deflated(&transfer_syntax) {
         // Bounded inflate: a deflate bomb stops at the cap, then fails the walk.
         let cap = (dataset.len() as u64).saturating_mul(64).min(4 << 30);
         let mut inflated = Vec::new();
         let reader = flate2::read::DeflateDecoder::new(dataset);
         std::io::Read::read_to_end(&mut std::io::Read::take(reader, cap), &mut inflated)
             .map_err(|e| RefusalReason::Unparseable(format!("deflated data set: {e}")))?;
-        structure::check_dataset(&inflated, "1.2.840.10008.1.2.1")
+        let pixel_data_vr =
+            structure::check_dataset(&inflated, EXPLICIT_VR_LE).map_err(structure_error)?;
+        Ok(CheckedObject {
+            pixel_data_vr,
+            inflated: Some(inflated),
+        })
     } else {
-        structure::check_dataset(dataset, &transfer_syntax)
-    };
-    result.map_err(|e| RefusalReason::Unparseable(format!("data set structure: {e}")))
+        let pixel_data_vr =
+            structure::check_dataset(dataset, &transfer_syntax).map_err(structure_error)?;
+        Ok(CheckedObject {
+            pixel_data_vr,
+            inflated: None,
+        })
+    }
 }
+
+struct CheckedObject {
+    pixel_data_vr: Option<VR>,
+    inflated: Option<Vec<u8>>,
+}
+
+const EXPLICIT_VR_LE: &str = "1.2.840.10008.1.2.1";
 
 fn text(obj: &InMemDicomObject, tag: Tag) -> Option<String> {
     let element = obj.element_opt(tag).ok().flatten()?;
@@ -169,25 +189,38 @@ pub fn parse_part10(
             "no \"DICM\" prefix after a 128-byte preamble (not a Part-10 file)".into(),
         ));
     };
-    let pixel_data_vr = check_structure(&bytes[start + 4..])?;
-    let file = OpenFileOptions::new()
-        .read_preamble(ReadPreamble::Never)
-        // The structure check has seen every element fit; the parser needs
-        // to read only up to the pixel data.
-        .read_until(tags::PIXEL_DATA)
-        .from_reader(&bytes[start..])
-        .map_err(|e| RefusalReason::Unparseable(error_chain(&e)))?;
-    let transfer_syntax_uid = file
-        .meta()
+    let checked = check_structure(&bytes[start + 4..])?;
+    let pixel_data_vr = checked.pixel_data_vr;
+    let unparseable = |e: &dyn std::error::Error| RefusalReason::Unparseable(error_chain(e));
+    let (meta, mut obj) = match checked.inflated {
+        None => {
+            let file = OpenFileOptions::new()
+                .read_preamble(ReadPreamble::Never)
+                // The structure check has seen every element fit; the parser
+                // needs to read only up to the pixel data.
+                .read_until(tags::PIXEL_DATA)
+                .from_reader(&bytes[start..])
+                .map_err(|e| unparseable(&e))?;
+            let meta = file.meta().clone();
+            (meta, file.into_inner())
+        }
+        Some(inflated) => {
+            let meta = FileMetaTable::from_reader(&bytes[start..]).map_err(|e| unparseable(&e))?;
+            let explicit =
+                dicom_transfer_syntax_registry::entries::EXPLICIT_VR_LITTLE_ENDIAN.erased();
+            let obj = InMemDicomObject::read_dataset_with_ts(&inflated[..], &explicit)
+                .map_err(|e| unparseable(&e))?;
+            (meta, obj)
+        }
+    };
+    let transfer_syntax_uid = meta
         .transfer_syntax()
         .trim_end_matches(['\0', ' '])
         .to_owned();
-    let meta_instance_uid = file
-        .meta()
+    let meta_instance_uid = meta
         .media_storage_sop_instance_uid()
         .trim_end_matches(['\0', ' '])
         .to_owned();
-    let mut obj = file.into_inner();
 
     let attributes = InstanceAttributes {
         sop_class_uid: required_uid(&obj, tags::SOP_CLASS_UID, "SOPClassUID")?,

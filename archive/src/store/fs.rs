@@ -72,17 +72,20 @@ impl Inner {
         }
         let parent = final_path.parent().expect("object keys have a folder");
         if !parent.exists() {
-            std::fs::create_dir_all(parent).map_err(|e| io_err(parent, e))?;
-            // Make the new folders themselves durable.
-            let mut dir = parent;
-            while dir != self.root {
-                sync_dir(dir)?;
-                match dir.parent() {
-                    Some(p) => dir = p,
-                    None => break,
-                }
+            // Make the new folders durable: fsync the deepest existing
+            // ancestor (it gained an entry) and every new folder but the last,
+            // which is synced after the rename below.
+            let mut existing = parent;
+            let mut created = Vec::new();
+            while !existing.exists() {
+                created.push(existing);
+                existing = existing.parent().unwrap_or(&self.root);
             }
-            sync_dir(&self.root)?;
+            std::fs::create_dir_all(parent).map_err(|e| io_err(parent, e))?;
+            sync_dir(existing)?;
+            for dir in created.iter().skip(1) {
+                sync_dir(dir)?;
+            }
         }
         let n = self.tmp_counter.fetch_add(1, Ordering::Relaxed);
         let tmp_path = self.root.join(".tmp").join(format!(

@@ -11,6 +11,8 @@ use anyhow::Context;
 use bytes::Bytes;
 use clap::Parser;
 use futures::StreamExt;
+use futures::future::BoxFuture;
+use pacs_archive::store::{ObjectStore, StoreError};
 use pacs_archive::{Archive, ArchiveConfig, IngestSource, S3Config, StorageBackend};
 use pacs_fixtures::DatasetSpec;
 use rayon::prelude::*;
@@ -28,6 +30,14 @@ struct Args {
     /// zstd level (the archive's default is 3).
     #[arg(long, default_value_t = 3)]
     zstd_level: i32,
+    /// Transfer syntax of every generated object (e.g. 1.2.840.10008.1.2.1,
+    /// what most modalities send); by default the fixtures cycle through
+    /// all six they make (native, deflated, RLE, JPEG).
+    #[arg(long)]
+    transfer_syntax: Option<String>,
+    /// Most ingests in flight (0 = the archive's default, 4 per core).
+    #[arg(long, default_value_t = 0)]
+    max_in_flight: usize,
     /// Working folder for the archives (on a real disk, so fsync costs count).
     #[arg(long, default_value = "target/bench-work")]
     work: PathBuf,
@@ -42,6 +52,20 @@ struct Row {
     bytes: u64,
     seconds: f64,
     stored: Option<u64>,
+    /// CPU seconds (user + system) the process spent in this stage.
+    cpu: f64,
+}
+
+/// CPU seconds this process has used so far (all threads), from /proc.
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let after_name = stat.rsplit(')').next().unwrap_or("");
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    let ticks: f64 = [11, 12]
+        .iter()
+        .filter_map(|&i| fields.get(i).and_then(|v| v.parse::<f64>().ok()))
+        .sum();
+    ticks / 100.0
 }
 
 impl Row {
@@ -56,6 +80,32 @@ fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
+}
+
+/// An object store that keeps blobs in memory: isolates the cost of the
+/// durable stores from the rest of the pipeline (diagnostic row).
+#[derive(Default)]
+struct MemoryStore(std::sync::Mutex<std::collections::HashMap<String, Bytes>>);
+
+impl ObjectStore for MemoryStore {
+    fn put<'a>(&'a self, key: &'a str, data: Bytes) -> BoxFuture<'a, Result<(), StoreError>> {
+        self.0.lock().unwrap().insert(key.to_owned(), data);
+        Box::pin(async { Ok(()) })
+    }
+    fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Bytes, StoreError>> {
+        let found = self.0.lock().unwrap().get(key).cloned();
+        Box::pin(async move { found.ok_or_else(|| StoreError::NotFound(key.to_owned())) })
+    }
+    fn exists<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<bool, StoreError>> {
+        let found = self.0.lock().unwrap().contains_key(key);
+        Box::pin(async move { Ok(found) })
+    }
+    fn check(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async { Ok(()) })
+    }
+    fn describe(&self) -> String {
+        "memory".into()
+    }
 }
 
 struct Server(Child);
@@ -84,7 +134,15 @@ async fn ingest_all(archive: &Archive, files: &[Bytes]) -> anyhow::Result<(f64, 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let spec = DatasetSpec::mixed_of_size(args.size_mb * 1_000_000, args.seed);
+    let mut spec = DatasetSpec::mixed_of_size(args.size_mb * 1_000_000, args.seed);
+    if let Some(ts) = &args.transfer_syntax {
+        spec.transfer_syntax = Some(
+            pacs_fixtures::ts::ALL
+                .into_iter()
+                .find(|t| t == ts)
+                .with_context(|| format!("the fixtures make no transfer syntax {ts}"))?,
+        );
+    }
     eprintln!(
         "generating {} instances (~{} MB) ...",
         spec.plan_len(),
@@ -100,6 +158,7 @@ async fn main() -> anyhow::Result<()> {
 
     eprintln!("SHA-256, one thread ...");
     let started = Instant::now();
+    let cpu0 = cpu_seconds();
     let mut sink = 0u8;
     for f in &files {
         sink ^= Sha256::digest(f)[0];
@@ -111,10 +170,12 @@ async fn main() -> anyhow::Result<()> {
         bytes: total,
         seconds: started.elapsed().as_secs_f64(),
         stored: None,
+        cpu: cpu_seconds() - cpu0,
     });
 
     eprintln!("zstd level {}, one thread ...", args.zstd_level);
     let started = Instant::now();
+    let cpu0 = cpu_seconds();
     let mut compressed = 0u64;
     for f in &files {
         compressed += zstd::bulk::compress(f, args.zstd_level)?.len() as u64;
@@ -125,15 +186,76 @@ async fn main() -> anyhow::Result<()> {
         bytes: total,
         seconds: started.elapsed().as_secs_f64(),
         stored: Some(compressed),
+        cpu: cpu_seconds() - cpu0,
     });
     let zstd_row = rows.len() - 1;
 
+    eprintln!("parse and validate, one thread ...");
+    let started = Instant::now();
+    let cpu0 = cpu_seconds();
+    for f in &files {
+        assert!(pacs_archive::ingest::parse_part10(f, 1024).is_ok());
+    }
+    rows.push(Row {
+        stage: "parse + validate alone (1 thread)".into(),
+        instances: n,
+        bytes: total,
+        seconds: started.elapsed().as_secs_f64(),
+        stored: None,
+        cpu: cpu_seconds() - cpu0,
+    });
+
+    eprintln!("CPU stages (parse, SHA-256, zstd) on rayon, no I/O ...");
+    let started = Instant::now();
+    let cpu0 = cpu_seconds();
+    let level = args.zstd_level;
+    let compressed: u64 = files
+        .par_iter()
+        .map(|f| {
+            let (parsed, (_, z)) = rayon::join(
+                || pacs_archive::ingest::parse_part10(f, 1024),
+                || rayon::join(|| Sha256::digest(f), || zstd::bulk::compress(f, level)),
+            );
+            assert!(parsed.is_ok());
+            z.map_or(0, |z| z.len() as u64)
+        })
+        .sum();
+    rows.push(Row {
+        stage: "CPU stages on rayon, no I/O".into(),
+        instances: n,
+        bytes: total,
+        seconds: started.elapsed().as_secs_f64(),
+        stored: Some(compressed),
+        cpu: cpu_seconds() - cpu0,
+    });
+
     std::fs::create_dir_all(&args.work)?;
+    let mem_dir = tempfile::tempdir_in(&args.work)?;
+    let mut config = ArchiveConfig::embedded(mem_dir.path());
+    config.ingest.zstd_level = args.zstd_level;
+    config.ingest.max_in_flight = args.max_in_flight;
+    let archive =
+        Archive::open_with_store(config, std::sync::Arc::new(MemoryStore::default())).await?;
+    eprintln!("pipeline into a memory store (catalog on disk) ...");
+    let cpu0 = cpu_seconds();
+    let (seconds, stored) = ingest_all(&archive, &files).await?;
+    rows.push(Row {
+        stage: "pipeline -> memory store (diagnostic)".into(),
+        instances: n,
+        bytes: total,
+        seconds,
+        stored: Some(stored),
+        cpu: cpu_seconds() - cpu0,
+    });
+    drop(archive);
+
     let fs_dir = tempfile::tempdir_in(&args.work)?;
     let mut config = ArchiveConfig::embedded(fs_dir.path());
     config.ingest.zstd_level = args.zstd_level;
+    config.ingest.max_in_flight = args.max_in_flight;
     let archive = Archive::open(config).await?;
     eprintln!("pipeline into the filesystem backend ...");
+    let cpu0 = cpu_seconds();
     let (seconds, stored) = ingest_all(&archive, &files).await?;
     rows.push(Row {
         stage: "pipeline -> filesystem".into(),
@@ -141,6 +263,7 @@ async fn main() -> anyhow::Result<()> {
         bytes: total,
         seconds,
         stored: Some(stored),
+        cpu: cpu_seconds() - cpu0,
     });
     let fs_row = rows.len() - 1;
     drop(archive);
@@ -178,6 +301,7 @@ async fn main() -> anyhow::Result<()> {
         }
         let mut config = ArchiveConfig::embedded(&s3_dir.path().join("data"));
         config.ingest.zstd_level = args.zstd_level;
+        config.ingest.max_in_flight = args.max_in_flight;
         config.storage.backend = StorageBackend::S3;
         config.storage.s3 = S3Config {
             endpoint: Some(format!("http://127.0.0.1:{port}")),
@@ -188,6 +312,7 @@ async fn main() -> anyhow::Result<()> {
         };
         let archive = Archive::open(config).await?;
         eprintln!("pipeline into the S3 backend (s3s-fs on 127.0.0.1) ...");
+        let cpu0 = cpu_seconds();
         let (seconds, stored) = ingest_all(&archive, &files).await?;
         rows.push(Row {
             stage: "pipeline -> S3 (s3s-fs)".into(),
@@ -195,6 +320,7 @@ async fn main() -> anyhow::Result<()> {
             bytes: total,
             seconds,
             stored: Some(stored),
+            cpu: cpu_seconds() - cpu0,
         });
     } else {
         eprintln!("s3s-fs not found: S3 row skipped (scripts/test installs it)");
@@ -202,15 +328,18 @@ async fn main() -> anyhow::Result<()> {
 
     println!();
     println!(
-        "ingest benchmark: {n} instances, {:.1} MB mixed CT/MR/CR/US, {} cores",
+        "ingest benchmark: {n} instances, {:.1} MB mixed CT/MR/CR/US in {}, {} cores",
         total as f64 / 1e6,
+        args.transfer_syntax
+            .as_deref()
+            .unwrap_or("six transfer syntaxes"),
         std::thread::available_parallelism().map_or(1, |c| c.get())
     );
-    println!("| stage | instances | MB | seconds | MB/s | instances/s | stored/original |");
-    println!("|---|---:|---:|---:|---:|---:|---:|");
+    println!("| stage | instances | MB | seconds | MB/s | instances/s | stored/original | CPU s |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
     for r in &rows {
         println!(
-            "| {} | {} | {:.1} | {:.2} | {:.1} | {:.1} | {} |",
+            "| {} | {} | {:.1} | {:.2} | {:.1} | {:.1} | {} | {:.2} |",
             r.stage,
             r.instances,
             r.bytes as f64 / 1e6,
@@ -221,6 +350,7 @@ async fn main() -> anyhow::Result<()> {
                 "{:.1}%",
                 100.0 * s as f64 / r.bytes as f64
             )),
+            r.cpu,
         );
     }
     let ratio = rows[fs_row].mbps() / rows[zstd_row].mbps();
