@@ -358,55 +358,40 @@ async fn record_in_tx(
     .await?
     .rows_affected()
         > 0;
+    // Reached only for a new instance or an allowed replacement: one upsert.
+    sqlx::query(
+        "INSERT INTO instances (sop_instance_uid, series_instance_uid, study_instance_uid, sop_class_uid, \
+         instance_number, content_date, num_rows, num_columns, number_of_frames, transfer_syntax_uid, \
+         specific_character_set, sha256, received_at, source, metadata) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) \
+         ON CONFLICT (sop_instance_uid) DO UPDATE SET series_instance_uid = excluded.series_instance_uid, \
+         study_instance_uid = excluded.study_instance_uid, sop_class_uid = excluded.sop_class_uid, \
+         instance_number = excluded.instance_number, content_date = excluded.content_date, \
+         num_rows = excluded.num_rows, num_columns = excluded.num_columns, \
+         number_of_frames = excluded.number_of_frames, transfer_syntax_uid = excluded.transfer_syntax_uid, \
+         specific_character_set = excluded.specific_character_set, sha256 = excluded.sha256, \
+         received_at = excluded.received_at, source = excluded.source, metadata = excluded.metadata",
+    )
+    .bind(&rec.attrs.sop_instance_uid)
+    .bind(&rec.attrs.series_instance_uid)
+    .bind(&rec.attrs.study_instance_uid)
+    .bind(&rec.attrs.sop_class_uid)
+    .bind(rec.attrs.instance_number)
+    .bind(&rec.attrs.content_date)
+    .bind(rec.attrs.rows)
+    .bind(rec.attrs.columns)
+    .bind(rec.attrs.number_of_frames)
+    .bind(&rec.attrs.transfer_syntax_uid)
+    .bind(&rec.attrs.specific_character_set)
+    .bind(&rec.blob.sha256)
+    .bind(&now)
+    .bind(&rec.source)
+    .bind(&rec.metadata_json)
+    .execute(&mut **tx)
+    .await?;
     let kind = if existing.is_some() {
-        sqlx::query(
-            "UPDATE instances SET series_instance_uid = $2, study_instance_uid = $3, sop_class_uid = $4, \
-             instance_number = $5, content_date = $6, num_rows = $7, num_columns = $8, number_of_frames = $9, \
-             transfer_syntax_uid = $10, specific_character_set = $11, sha256 = $12, received_at = $13, \
-             source = $14, metadata = $15 WHERE sop_instance_uid = $1",
-        )
-        .bind(&rec.attrs.sop_instance_uid)
-        .bind(&rec.attrs.series_instance_uid)
-        .bind(&rec.attrs.study_instance_uid)
-        .bind(&rec.attrs.sop_class_uid)
-        .bind(rec.attrs.instance_number)
-        .bind(&rec.attrs.content_date)
-        .bind(rec.attrs.rows)
-        .bind(rec.attrs.columns)
-        .bind(rec.attrs.number_of_frames)
-        .bind(&rec.attrs.transfer_syntax_uid)
-        .bind(&rec.attrs.specific_character_set)
-        .bind(&rec.blob.sha256)
-        .bind(&now)
-        .bind(&rec.source)
-        .bind(&rec.metadata_json)
-        .execute(&mut **tx)
-        .await?;
         "instance-replaced"
     } else {
-        sqlx::query(
-            "INSERT INTO instances (sop_instance_uid, series_instance_uid, study_instance_uid, sop_class_uid, \
-             instance_number, content_date, num_rows, num_columns, number_of_frames, transfer_syntax_uid, \
-             specific_character_set, sha256, received_at, source, metadata) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
-        )
-        .bind(&rec.attrs.sop_instance_uid)
-        .bind(&rec.attrs.series_instance_uid)
-        .bind(&rec.attrs.study_instance_uid)
-        .bind(&rec.attrs.sop_class_uid)
-        .bind(rec.attrs.instance_number)
-        .bind(&rec.attrs.content_date)
-        .bind(rec.attrs.rows)
-        .bind(rec.attrs.columns)
-        .bind(rec.attrs.number_of_frames)
-        .bind(&rec.attrs.transfer_syntax_uid)
-        .bind(&rec.attrs.specific_character_set)
-        .bind(&rec.blob.sha256)
-        .bind(&now)
-        .bind(&rec.source)
-        .bind(&rec.metadata_json)
-        .execute(&mut **tx)
-        .await?;
         "instance-stored"
     };
     let seq: i64 = sqlx::query_scalar(
