@@ -89,6 +89,8 @@ impl PacsConfig {
 }
 
 #[cfg(test)]
+// figment's Jail closures return figment::Error, which is large; fine in tests.
+#[allow(clippy::result_large_err)]
 mod tests {
     use super::*;
 
