@@ -203,7 +203,6 @@ impl Archive {
         };
         let key = blob_key(&sha256);
         let already_stored = precheck.blob_stored_size;
-        let intent = catalog.expect_record();
         if already_stored.is_none()
             && let Err(e) = self.inner.store.put(&key, compressed.clone()).await
         {
@@ -216,14 +215,7 @@ impl Archive {
             stored_size: compressed.len() as u64,
         };
         match catalog
-            .record_instance(
-                &attrs,
-                &blob,
-                &source,
-                &parsed.metadata_json,
-                allow_replace,
-                Some(intent),
-            )
+            .record_instance(&attrs, &blob, &source, &parsed.metadata_json, allow_replace)
             .await
         {
             Ok(RecordOutcome::Recorded {

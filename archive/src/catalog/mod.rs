@@ -9,8 +9,6 @@
 //! PostgreSQL backend needs only its own migration folder.
 
 use std::str::FromStr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use sqlx::sqlite::{
@@ -88,24 +86,7 @@ pub struct CatalogStats {
 pub struct Catalog {
     writes: mpsc::Sender<PendingRecord>,
     reader: SqlitePool,
-    /// Ingests that will record an instance soon (their blob is being
-    /// stored): the writer waits briefly for them to share its commit.
-    coming: Arc<AtomicUsize>,
 }
-
-/// Held by an ingest from the moment it knows it will record an instance
-/// until its record reaches the writer (see [`Catalog::expect_record`]).
-#[derive(Debug)]
-pub struct RecordIntent(Arc<AtomicUsize>);
-
-impl Drop for RecordIntent {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-/// How long the writer holds a commit open for records that are on their way.
-const GROUP_COMMIT_WINDOW: Duration = Duration::from_millis(2);
 
 /// What the archive needs to know before storing an object.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -125,7 +106,6 @@ struct PendingRecord {
     metadata_json: String,
     replace: bool,
     reply: oneshot::Sender<Result<RecordOutcome, ArchiveError>>,
-    intent: Option<RecordIntent>,
 }
 
 /// Most records committed together in one transaction.
@@ -166,13 +146,8 @@ impl Catalog {
             .connect_with(options.read_only(true))
             .await?;
         let (writes, queue) = mpsc::channel(4 * MAX_GROUP_COMMIT);
-        let coming = Arc::new(AtomicUsize::new(0));
-        tokio::spawn(writer_task(writer, queue, coming.clone()));
-        Ok(Catalog {
-            writes,
-            reader,
-            coming,
-        })
+        tokio::spawn(writer_task(writer, queue));
+        Ok(Catalog { writes, reader })
     }
 
     /// The stored instance with this SOP Instance UID, if any.
@@ -265,36 +240,6 @@ impl Catalog {
         .await?)
     }
 
-    /// Run a SELECT built by a query front end (the gateway's C-FIND) on
-    /// the read-only connections, binding `binds` as text, and return at most
-    /// `limit` rows with every column as text (NULL as `None`). Read-only by
-    /// construction: the reader pool is opened with `read_only(true)`.
-    pub async fn select_text_rows(
-        &self,
-        sql: &str,
-        binds: &[String],
-        limit: usize,
-    ) -> Result<Vec<Vec<Option<String>>>, ArchiveError> {
-        use futures::TryStreamExt;
-        let mut query = sqlx::query(sql);
-        for b in binds {
-            query = query.bind(b.as_str());
-        }
-        let mut rows = query.fetch(&self.reader);
-        let mut out = Vec::new();
-        while out.len() < limit {
-            let Some(row) = rows.try_next().await? else {
-                break;
-            };
-            let mut values = Vec::with_capacity(row.len());
-            for i in 0..row.len() {
-                values.push(row.try_get::<Option<String>, _>(i)?);
-            }
-            out.push(values);
-        }
-        Ok(out)
-    }
-
     pub async fn stats(&self) -> Result<CatalogStats, ArchiveError> {
         let row = sqlx::query(
             "SELECT (SELECT COUNT(*) FROM patients), (SELECT COUNT(*) FROM studies), \
@@ -323,13 +268,6 @@ impl Catalog {
     /// Records from concurrent ingests are group-committed by one writer
     /// task: one fsync for many instances, each answered only after the
     /// commit that made it durable.
-    /// Announce that this ingest will call [`Catalog::record_instance`]
-    /// soon; the writer then holds its next commit open a moment for it.
-    pub fn expect_record(&self) -> RecordIntent {
-        self.coming.fetch_add(1, Ordering::AcqRel);
-        RecordIntent(self.coming.clone())
-    }
-
     pub async fn record_instance(
         &self,
         attrs: &InstanceAttributes,
@@ -337,7 +275,6 @@ impl Catalog {
         source: &IngestSource,
         metadata_json: &str,
         replace: bool,
-        intent: Option<RecordIntent>,
     ) -> Result<RecordOutcome, ArchiveError> {
         let (reply, answer) = oneshot::channel();
         let pending = PendingRecord {
@@ -347,7 +284,6 @@ impl Catalog {
             metadata_json: metadata_json.to_owned(),
             replace,
             reply,
-            intent,
         };
         let gone = || ArchiveError::CatalogWrite("the catalog writer has stopped".into());
         self.writes.send(pending).await.map_err(|_| gone())?;
@@ -509,36 +445,14 @@ async fn upsert_patient(
 /// The one writer of the catalog: takes whatever records are queued (up to
 /// `MAX_GROUP_COMMIT`), writes each in its own savepoint, commits once, and
 /// only then answers each ingest.
-async fn writer_task(
-    pool: SqlitePool,
-    mut queue: mpsc::Receiver<PendingRecord>,
-    coming: Arc<AtomicUsize>,
-) {
-    let mut batch: Vec<PendingRecord> = Vec::with_capacity(MAX_GROUP_COMMIT);
+async fn writer_task(pool: SqlitePool, mut queue: mpsc::Receiver<PendingRecord>) {
+    let mut batch = Vec::with_capacity(MAX_GROUP_COMMIT);
     while let Some(first) = queue.recv().await {
         batch.push(first);
-        // Records on their way (blob being stored) share this commit if they
-        // arrive within the window; a lone ingest never waits.
-        let deadline = tokio::time::Instant::now() + GROUP_COMMIT_WINDOW;
-        loop {
-            for rec in batch.iter_mut() {
-                rec.intent.take();
-            }
-            while batch.len() < MAX_GROUP_COMMIT {
-                match queue.try_recv() {
-                    Ok(mut next) => {
-                        next.intent.take();
-                        batch.push(next);
-                    }
-                    Err(_) => break,
-                }
-            }
-            if batch.len() >= MAX_GROUP_COMMIT || coming.load(Ordering::Acquire) == 0 {
-                break;
-            }
-            match tokio::time::timeout_at(deadline, queue.recv()).await {
-                Ok(Some(next)) => batch.push(next),
-                _ => break,
+        while batch.len() < MAX_GROUP_COMMIT {
+            match queue.try_recv() {
+                Ok(next) => batch.push(next),
+                Err(_) => break,
             }
         }
         match commit_group(&pool, &batch).await {

@@ -18,10 +18,6 @@ use pacs_fixtures::DatasetSpec;
 use rayon::prelude::*;
 use sha2::{Digest, Sha256};
 
-/// The same allocator as the `pacs` binary.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Debug, Parser)]
 #[command(about = "Benchmark of the pacs-lite ingest pipeline")]
 struct Args {
