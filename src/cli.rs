@@ -1,4 +1,4 @@
-//! The command line: `pacs import | export | verify | stats`.
+//! The command line: `pacs serve | import | export | verify | stats`.
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -11,6 +11,7 @@ use clap::{Args, Parser, Subcommand};
 use futures::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
 use pacs_archive::{Archive, IngestReceipt, IngestSource};
+use pacs_dicom_gateway::{Gateway, GatewayConfig};
 
 use crate::config::PacsConfig;
 
@@ -39,6 +40,19 @@ struct GlobalArgs {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the archive's network services (the DICOM gateway) until
+    /// SIGINT/SIGTERM, then shut down gracefully.
+    Serve {
+        /// DICOM (DIMSE) port [default: dicom.port of the config, 11112]; 0 picks a free port.
+        #[arg(long, value_name = "PORT")]
+        dicom_port: Option<u16>,
+        /// HTTP port of the viewer API (accepted; the HTTP API is not built yet).
+        #[arg(long, value_name = "PORT", default_value_t = 8080)]
+        http_port: u16,
+        /// Our AE title [default: dicom.ae_title of the config, PACS].
+        #[arg(long, value_name = "AE")]
+        ae_title: Option<String>,
+    },
     /// Import every file under DIR (recursively, in parallel).
     Import {
         /// Folder (or single file) to import.
@@ -64,7 +78,11 @@ enum Command {
 
 impl Cli {
     pub fn default_log_filter(&self) -> &'static str {
-        "warn"
+        match self.command {
+            // A server's log is its operator's view of what happens.
+            Command::Serve { .. } => "info",
+            _ => "warn",
+        }
     }
 
     pub async fn run(self) -> anyhow::Result<ExitCode> {
@@ -76,12 +94,77 @@ impl Cli {
             .await
             .with_context(|| format!("cannot open the archive in {}", config.data_dir.display()))?;
         match self.command {
+            Command::Serve {
+                dicom_port,
+                http_port,
+                ae_title,
+            } => {
+                let mut dicom = config.dicom.clone();
+                if let Some(port) = dicom_port {
+                    dicom.port = port;
+                }
+                if let Some(ae) = ae_title {
+                    dicom.ae_title = ae;
+                }
+                serve(archive, dicom, http_port).await
+            }
             Command::Import { path, list } => import(&archive, &path, list).await,
             Command::Export { out, study } => export(&archive, &out, study.as_deref()).await,
             Command::Verify => verify(&archive).await,
             Command::Stats => stats(&archive).await,
         }
     }
+}
+
+/// Resolves on the first SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGTERM");
+            None
+        }
+    };
+    let term = async {
+        match term.as_mut() {
+            Some(t) => {
+                t.recv().await;
+            }
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+        _ = term => tracing::info!("SIGTERM received"),
+    }
+}
+
+async fn serve(archive: Archive, dicom: GatewayConfig, http_port: u16) -> anyhow::Result<ExitCode> {
+    let address = std::net::SocketAddr::new(dicom.listen_address, dicom.port);
+    let listener = tokio::net::TcpListener::bind(address)
+        .await
+        .with_context(|| format!("cannot listen for DICOM on {address}"))?;
+    let bound = listener.local_addr()?;
+    tracing::debug!(
+        http_port,
+        "the HTTP API is not part of this build yet; --http-port is accepted"
+    );
+    // One line on stderr for operators and scripts, whatever the log level.
+    eprintln!(
+        "pacs serve: DICOM on {bound} (AE title {}), data in {}",
+        dicom.ae_title,
+        archive.config().data_dir.display()
+    );
+    let gateway = Gateway::new(archive, dicom);
+    let counters = gateway.counters();
+    gateway.serve(listener, shutdown_signal()).await?;
+    let c = counters.snapshot();
+    eprintln!(
+        "pacs serve: stopped after {} associations, {} instances stored, {} failures",
+        c.associations_accepted, c.instances_stored, c.store_failures
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 fn progress_bar(len: u64, what: &str) -> ProgressBar {

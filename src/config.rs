@@ -9,6 +9,7 @@ use anyhow::{Context, bail};
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use pacs_archive::{ArchiveConfig, CatalogConfig, IngestConfig, StorageConfig};
+use pacs_dicom_gateway::GatewayConfig;
 use serde::{Deserialize, Serialize};
 
 /// The whole configuration of a `pacs` process.
@@ -23,6 +24,9 @@ pub struct PacsConfig {
     pub catalog: CatalogConfig,
     /// `[ingest]`: compression, parallelism, replacement policy.
     pub ingest: IngestConfig,
+    /// `[dicom]`: the DIMSE gateway of `pacs serve` (AE title, port, limits,
+    /// timeouts, allowed peers).
+    pub dicom: GatewayConfig,
 }
 
 impl Default for PacsConfig {
@@ -33,6 +37,7 @@ impl Default for PacsConfig {
             storage: archive.storage,
             catalog: archive.catalog,
             ingest: archive.ingest,
+            dicom: GatewayConfig::default(),
         }
     }
 }
@@ -127,6 +132,27 @@ mod tests {
             assert_eq!(config.storage.s3.bucket, "archive-b");
             assert_eq!(config.storage.backend, pacs_archive::StorageBackend::S3);
             assert_eq!(config.data_dir, Path::new("/x"));
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn dicom_section_from_file_and_environment() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "pacs.toml",
+                "[dicom]\nae_title = \"ARCHIVE\"\n\
+                 [[dicom.allowed_peers]]\nae_title = \"CT1\"\naddresses = [\"10.0.0.5\"]\n",
+            )?;
+            jail.set_env("PACS_DICOM__PORT", "4242");
+            let config = PacsConfig::load(Some(Path::new("pacs.toml")), None).unwrap();
+            assert_eq!(config.dicom.ae_title, "ARCHIVE");
+            assert_eq!(config.dicom.port, 4242);
+            assert_eq!(config.dicom.allowed_peers.len(), 1);
+            assert_eq!(
+                config.dicom.allowed_peers[0].addresses,
+                ["10.0.0.5".parse::<std::net::IpAddr>().unwrap()]
+            );
             Ok(())
         });
     }

@@ -240,6 +240,36 @@ impl Catalog {
         .await?)
     }
 
+    /// Run a SELECT built by a query front end (the gateway's C-FIND) on
+    /// the read-only connections, binding `binds` as text, and return at most
+    /// `limit` rows with every column as text (NULL as `None`). Read-only by
+    /// construction: the reader pool is opened with `read_only(true)`.
+    pub async fn select_text_rows(
+        &self,
+        sql: &str,
+        binds: &[String],
+        limit: usize,
+    ) -> Result<Vec<Vec<Option<String>>>, ArchiveError> {
+        use futures::TryStreamExt;
+        let mut query = sqlx::query(sql);
+        for b in binds {
+            query = query.bind(b.as_str());
+        }
+        let mut rows = query.fetch(&self.reader);
+        let mut out = Vec::new();
+        while out.len() < limit {
+            let Some(row) = rows.try_next().await? else {
+                break;
+            };
+            let mut values = Vec::with_capacity(row.len());
+            for i in 0..row.len() {
+                values.push(row.try_get::<Option<String>, _>(i)?);
+            }
+            out.push(values);
+        }
+        Ok(out)
+    }
+
     pub async fn stats(&self) -> Result<CatalogStats, ArchiveError> {
         let row = sqlx::query(
             "SELECT (SELECT COUNT(*) FROM patients), (SELECT COUNT(*) FROM studies), \

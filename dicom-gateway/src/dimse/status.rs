@@ -1,0 +1,213 @@
+//! The one place where outcomes become DIMSE statuses (PS3.7 Annex C,
+//! PS3.4 B.2.3 for the Storage Service Class).
+//!
+//! C-STORE statuses of PS3.4 Table B.2-1: Success 0000; Refused: Out of
+//! Resources A7xx; Error: Data Set does not match SOP Class A9xx; Error:
+//! Cannot understand Cxxx; plus the general ones of PS3.7 (0122 SOP class not
+//! supported, 0211 unrecognized operation...). A storage SCU retries A7xx
+//! later and gives up on A9xx/Cxxx, so the family says whether resending can
+//! help: only a refusal of the archive itself (store or catalog down) is A7xx.
+
+use pacs_archive::{IngestReceipt, RefusalReason};
+
+pub const SUCCESS: u16 = 0x0000;
+/// Refused: Out of Resources (PS3.4 B.2.3). Transient: the SCU may retry.
+pub const OUT_OF_RESOURCES: u16 = 0xA700;
+/// Error: Data Set does not match SOP Class (PS3.4 B.2.3).
+pub const DATA_SET_DOES_NOT_MATCH_SOP_CLASS: u16 = 0xA900;
+/// Error: Cannot understand (PS3.4 B.2.3).
+pub const CANNOT_UNDERSTAND: u16 = 0xC000;
+/// Error: Cannot understand, sub-code of ours: the SOP Instance UID is
+/// already stored with different bytes and replacement is disabled.
+///
+/// Why Cxxx: PS3.4 B.2.3 leaves a storage SCP three failure families. A7xx
+/// would tell the modality to retry, which cannot succeed and would loop;
+/// A9xx says the data set violates its IOD, which is false (the object may
+/// be perfectly valid). 0111 "Duplicate SOP Instance" of PS3.7 is defined
+/// for N-CREATE only and not listed for C-STORE-RSP. What remains is the
+/// permanent "cannot understand" family; the Error Comment says why, and the
+/// distinct sub-code lets an operator grep for it.
+pub const CONFLICTING_INSTANCE: u16 = 0xC001;
+/// Refused: SOP Class not supported (PS3.7 C.5.? / 9.1.1.1.9).
+pub const SOP_CLASS_NOT_SUPPORTED: u16 = 0x0122;
+/// Pending: matches are continuing (PS3.4 C.4.1.1.4).
+pub const PENDING: u16 = 0xFF00;
+/// Pending, with a warning that optional keys were not supported.
+pub const PENDING_WARNING: u16 = 0xFF01;
+/// Warning: sub-operations complete, one or more failures (PS3.4 C.4.3.1.4).
+pub const SUB_OPERATIONS_WITH_FAILURES: u16 = 0xB000;
+/// Refused: out of resources, unable to perform sub-operations.
+pub const UNABLE_TO_PERFORM_SUB_OPERATIONS: u16 = 0xA702;
+/// Refused: Move Destination unknown (PS3.4 C.4.2.1.5).
+pub const MOVE_DESTINATION_UNKNOWN: u16 = 0xA801;
+/// Cancel: matching terminated due to a C-CANCEL.
+pub const CANCEL: u16 = 0xFE00;
+/// Unrecognized operation (PS3.7 C.4.2).
+pub const UNRECOGNIZED_OPERATION: u16 = 0x0211;
+
+/// A status with its Error Comment (LO, at most 64 characters) for failures.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Status {
+    pub code: u16,
+    pub comment: Option<String>,
+}
+
+impl Status {
+    pub fn success() -> Self {
+        Status {
+            code: SUCCESS,
+            comment: None,
+        }
+    }
+
+    pub fn failure(code: u16, comment: impl AsRef<str>) -> Self {
+        Status {
+            code,
+            comment: Some(error_comment(comment.as_ref())),
+        }
+    }
+
+    pub fn is_success(&self) -> bool {
+        self.code == SUCCESS
+    }
+}
+
+/// Error Comment is LO: 64 characters, no backslash or control characters.
+fn error_comment(text: &str) -> String {
+    text.chars()
+        .map(|c| if c == '\\' || c.is_control() { ' ' } else { c })
+        .take(64)
+        .collect::<String>()
+        .trim_end()
+        .to_owned()
+}
+
+/// The C-STORE-RSP status for an ingest receipt. Success only for receipts
+/// whose instance is durable (stored, identical duplicate, replaced).
+pub fn store_status(receipt: &IngestReceipt) -> Status {
+    match receipt {
+        IngestReceipt::Stored(_) | IngestReceipt::Duplicate(_) | IngestReceipt::Replaced(_) => {
+            Status::success()
+        }
+        IngestReceipt::Refused(refusal) => refusal_status(&refusal.reason),
+    }
+}
+
+fn refusal_status(reason: &RefusalReason) -> Status {
+    match reason {
+        RefusalReason::Conflict { .. } => Status::failure(
+            CONFLICTING_INSTANCE,
+            "SOP Instance UID already stored with different content",
+        ),
+        // Missing or malformed Type 1 attributes: the data set was read but
+        // does not satisfy its IOD.
+        RefusalReason::MissingAttribute(attribute) => Status::failure(
+            DATA_SET_DOES_NOT_MATCH_SOP_CLASS,
+            format!("missing or empty {attribute}"),
+        ),
+        RefusalReason::MalformedUid { attribute, .. } => Status::failure(
+            DATA_SET_DOES_NOT_MATCH_SOP_CLASS,
+            format!("{attribute} is not a valid UID"),
+        ),
+        // The bytes could not be read at all.
+        RefusalReason::Empty => Status::failure(CANNOT_UNDERSTAND, "empty data set"),
+        RefusalReason::NotDicom(_) | RefusalReason::Unparseable(_) => {
+            Status::failure(CANNOT_UNDERSTAND, "data set cannot be parsed")
+        }
+        RefusalReason::UnknownTransferSyntax(_) => Status::failure(
+            CANNOT_UNDERSTAND,
+            "transfer syntax not known to the archive",
+        ),
+        RefusalReason::StoreUnavailable(_) => {
+            Status::failure(OUT_OF_RESOURCES, "object store unavailable, retry later")
+        }
+        RefusalReason::CatalogUnavailable(_) => {
+            Status::failure(OUT_OF_RESOURCES, "catalog unavailable, retry later")
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pacs_archive::{Refusal, StoredInstance};
+
+    fn refused(reason: RefusalReason) -> IngestReceipt {
+        IngestReceipt::Refused(Refusal {
+            reason,
+            sop_class_uid: None,
+            sop_instance_uid: None,
+        })
+    }
+
+    #[test]
+    fn receipts_map_to_the_documented_statuses() {
+        let instance = StoredInstance {
+            sop_class_uid: "1.2".into(),
+            sop_instance_uid: "1.2.3".into(),
+            study_instance_uid: "1".into(),
+            series_instance_uid: "2".into(),
+            transfer_syntax_uid: "1.2.840.10008.1.2".into(),
+            sha256: "00".into(),
+            original_size: 1,
+            stored_size: 1,
+            change_seq: None,
+        };
+        for ok in [
+            IngestReceipt::Stored(instance.clone()),
+            IngestReceipt::Duplicate(instance.clone()),
+            IngestReceipt::Replaced(instance),
+        ] {
+            assert_eq!(store_status(&ok), Status::success());
+        }
+        let code = |r| store_status(&refused(r)).code;
+        assert_eq!(
+            code(RefusalReason::Conflict {
+                sop_instance_uid: "1".into(),
+                stored_sha256: "a".into(),
+                received_sha256: "b".into()
+            }),
+            CONFLICTING_INSTANCE
+        );
+        assert_eq!(code(RefusalReason::Unparseable("x".into())), 0xC000);
+        assert_eq!(code(RefusalReason::NotDicom("x".into())), 0xC000);
+        assert_eq!(
+            code(RefusalReason::MissingAttribute("StudyInstanceUID")),
+            0xA900
+        );
+        assert_eq!(
+            code(RefusalReason::MalformedUid {
+                attribute: "SOPInstanceUID",
+                value: "x".into(),
+                problem: "bad"
+            }),
+            0xA900
+        );
+        assert_eq!(code(RefusalReason::StoreUnavailable("down".into())), 0xA700);
+        assert_eq!(
+            code(RefusalReason::CatalogUnavailable("down".into())),
+            0xA700
+        );
+        for r in [
+            RefusalReason::Empty,
+            RefusalReason::UnknownTransferSyntax("1.2".into()),
+            RefusalReason::Conflict {
+                sop_instance_uid: "1".into(),
+                stored_sha256: "a".into(),
+                received_sha256: "b".into(),
+            },
+        ] {
+            let s = store_status(&refused(r));
+            assert!(!s.is_success());
+            assert!(s.comment.unwrap().len() <= 64);
+        }
+    }
+
+    #[test]
+    fn error_comments_are_valid_lo() {
+        let s = Status::failure(0xC000, format!("a\\b\nc{}", "x".repeat(100)));
+        let c = s.comment.unwrap();
+        assert_eq!(c.chars().count(), 64);
+        assert!(!c.contains('\\') && !c.contains('\n'));
+    }
+}

@@ -1,0 +1,260 @@
+//! `pacs serve` as an operator runs it: a subprocess on a free port, real
+//! DCMTK peers, SIGTERM for a graceful stop, SIGKILL for durability.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use pacs_fixtures::{DatasetSpec, FixtureFile, ts};
+
+const TIMEOUT: Duration = Duration::from_secs(300);
+
+/// DCMTK present? Required (test fails) when PACS_TEST_REQUIRE_PEERS is set.
+fn dcmtk() -> bool {
+    if Path::new("/usr/bin/storescu").exists() && Path::new("/usr/bin/echoscu").exists() {
+        return true;
+    }
+    if std::env::var_os("PACS_TEST_REQUIRE_PEERS").is_some() {
+        panic!("DCMTK is missing (apt-get install dcmtk)");
+    }
+    eprintln!("skipping: DCMTK is missing (apt-get install dcmtk)");
+    false
+}
+
+struct Serve {
+    child: Child,
+    port: u16,
+    log: mpsc::Receiver<String>,
+}
+
+/// Start `pacs serve` on a free loopback port, accepting any calling AE.
+fn start(data: &Path) -> Serve {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pacs"))
+        .args(["--data-dir"])
+        .arg(data)
+        .args(["serve", "--dicom-port", "0", "--ae-title", "TESTPACS"])
+        .env("PACS_DICOM__LISTEN_ADDRESS", "127.0.0.1")
+        .env("PACS_DICOM__ACCEPT_ANY_CALLING_AE", "true")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run pacs serve");
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let port = loop {
+        let line = rx.recv_timeout(TIMEOUT).expect("pacs serve did not start");
+        if let Some(rest) = line.strip_prefix("pacs serve: DICOM on 127.0.0.1:") {
+            break rest.split(' ').next().unwrap().parse().unwrap();
+        }
+    };
+    Serve {
+        child,
+        port,
+        log: rx,
+    }
+}
+
+/// A server that outlives a failed test would hold the test's pipes open.
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn storescu(port: u16, options: &[&str], files: &[&str]) -> (bool, String) {
+    let out = Command::new("/usr/bin/storescu")
+        .env("TCP_NODELAY", "1")
+        .args(["-aet", "MODALITY", "-aec", "TESTPACS"])
+        .args(options)
+        .args(["127.0.0.1", &port.to_string()])
+        .args(files)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run storescu");
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+fn pacs(data: &Path, args: &[&str]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_pacs"))
+        .arg("--data-dir")
+        .arg(data)
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+fn signal(child: &Child, name: &str) {
+    let ok = Command::new("kill")
+        .args([&format!("-{name}"), &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill -{name} failed");
+}
+
+fn wait(child: &mut Child) -> std::process::ExitStatus {
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "pacs serve did not exit"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn explicit_files() -> Vec<FixtureFile> {
+    DatasetSpec::small()
+        .iter()
+        .filter(|f| f.transfer_syntax == ts::EXPLICIT_VR_LE)
+        .collect()
+}
+
+#[test]
+fn serve_stores_then_stops_gracefully_on_sigterm() {
+    if !dcmtk() {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let data = work.path().join("data");
+    let input = work.path().join("in");
+    std::fs::create_dir_all(&input).unwrap();
+    let files = explicit_files();
+    for (i, f) in files.iter().enumerate() {
+        std::fs::write(input.join(format!("{i}.dcm")), &f.bytes).unwrap();
+    }
+    let mut serve = start(&data);
+    let (ok, out) = storescu(serve.port, &["-xe", "+sd"], &[input.to_str().unwrap()]);
+    assert!(ok, "{out}");
+    signal(&serve.child, "TERM");
+    let status = wait(&mut serve.child);
+    assert!(status.success(), "{status:?}");
+    let log: Vec<String> = serve.log.try_iter().collect();
+    let log = log.join("\n");
+    assert!(log.contains("association opened"), "{log}");
+    assert!(log.contains("instance stored"), "{log}");
+    assert!(
+        log.contains(&format!("{} instances stored", files.len())),
+        "{log}"
+    );
+    let (ok, out) = pacs(&data, &["verify"]);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains(&format!("verified {} instances", files.len())),
+        "{out}"
+    );
+}
+
+#[test]
+fn sigkill_during_stores_loses_no_acknowledged_instance() {
+    if !dcmtk() {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let data = work.path().join("data");
+    let files: Vec<FixtureFile> = DatasetSpec::small().iter().collect();
+    let mut serve = start(&data);
+    // Three storescu runs in flight, each sending every Explicit-LE file of
+    // its share one by one with a verbose log naming each acknowledged file.
+    let explicit: Vec<&FixtureFile> = files
+        .iter()
+        .filter(|f| f.transfer_syntax == ts::EXPLICIT_VR_LE)
+        .collect();
+    let mut runs = Vec::new();
+    for k in 0..3 {
+        let dir = work.path().join(format!("in{k}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut paths = Vec::new();
+        for (i, f) in explicit.iter().enumerate().filter(|(i, _)| i % 3 == k) {
+            let p = dir.join(format!("{i}.dcm"));
+            std::fs::write(&p, &f.bytes).unwrap();
+            paths.push((p, f.sop_instance_uid.clone()));
+        }
+        let child = Command::new("/usr/bin/storescu")
+            .env("TCP_NODELAY", "1")
+            .args(["-v", "-aet", "MODALITY", "-aec", "TESTPACS", "-xe"])
+            .args(["127.0.0.1", &serve.port.to_string()])
+            .args(paths.iter().map(|(p, _)| p.as_os_str()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        runs.push((child, paths));
+    }
+    // Kill as soon as the server has acknowledged something.
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    loop {
+        let line = serve
+            .log
+            .recv_timeout(deadline - std::time::Instant::now())
+            .expect("nothing was stored");
+        if line.contains("instance stored") {
+            break;
+        }
+    }
+    signal(&serve.child, "KILL");
+    wait(&mut serve.child);
+    // Every file that storescu saw acknowledged with Success must be there.
+    let mut acknowledged = Vec::new();
+    for (child, paths) in runs {
+        let out = child.wait_with_output().unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // storescu -v prints "Sending file: PATH" then
+        // "Received Store Response (Success)" for each acknowledged file.
+        let mut current: Option<&str> = None;
+        for line in text.lines() {
+            if let Some(p) = line.split("Sending file: ").nth(1) {
+                current = paths
+                    .iter()
+                    .find(|(path, _)| path.to_str() == Some(p.trim()))
+                    .map(|(_, uid)| uid.as_str());
+            } else if line.contains("Received Store Response (Success)")
+                && let Some(uid) = current.take()
+            {
+                acknowledged.push(uid.to_owned());
+            }
+        }
+    }
+    assert!(!acknowledged.is_empty());
+    let (ok, out) = pacs(&data, &["verify"]);
+    assert!(ok, "{out}");
+    let export = work.path().join("export");
+    let (ok, out) = pacs(&data, &["export", "--out", export.to_str().unwrap()]);
+    assert!(ok, "{out}");
+    for uid in &acknowledged {
+        assert!(
+            export.join(format!("{uid}.dcm")).is_file(),
+            "{uid} was acknowledged but is not in the archive"
+        );
+    }
+}
