@@ -535,45 +535,23 @@ async fn get(
     use crate::dimse::status;
     let pc = message.presentation_context_id;
     let request = message.command;
-    let (sql, binds) = match crate::services::find::retrieve_query(
-        &context.abstract_syntax,
-        message.data_set.as_deref().unwrap_or_default(),
-        &context.transfer_syntax,
-    ) {
-        Ok(q) => q,
-        Err(s) => {
-            let mut rsp = Command::response_to(&request, field::C_GET_RSP, s.code);
-            if let Some(c) = &s.comment {
-                rsp.set_text(tag::ERROR_COMMENT, c);
+    let rows =
+        match instances_to_retrieve(gateway, context, message.data_set.as_deref(), "C-GET").await {
+            Ok(rows) => rows,
+            Err(s) => {
+                let mut rsp = Command::response_to(&request, field::C_GET_RSP, s.code);
+                if let Some(c) = &s.comment {
+                    rsp.set_text(tag::ERROR_COMMENT, c);
+                }
+                return send_command(association, pc, &rsp).await;
             }
-            return send_command(association, pc, &rsp).await;
-        }
-    };
-    let rows = match gateway
-        .archive
-        .catalog()
-        .select_text_rows(&sql, &binds, 1_000_000)
-        .await
-    {
-        Ok(rows) => rows,
-        Err(e) => {
-            tracing::warn!(error = %e, "C-GET: catalog query failed");
-            let rsp = Command::response_to(
-                &request,
-                field::C_GET_RSP,
-                status::UNABLE_TO_PERFORM_SUB_OPERATIONS,
-            );
-            return send_command(association, pc, &rsp).await;
-        }
-    };
+        };
     let total = rows.len();
     let mut done = GetCounts::default();
     let mut cancelled = false;
     let mut sub_id: u16 = 1;
     for (n, row) in rows.iter().enumerate() {
-        let [Some(uid), Some(class), Some(syntax)] = [&row[0], &row[1], &row[2]] else {
-            continue;
-        };
+        let (uid, class, syntax) = row;
         if !cancelled
             && let Ok(Ok(pdu)) =
                 tokio::time::timeout(std::time::Duration::ZERO, association.receive()).await
@@ -727,42 +705,15 @@ async fn move_to(
         let rsp = fail(status::MOVE_DESTINATION_UNKNOWN, "move destination unknown");
         return send_command(association, pc, &rsp).await;
     };
-    let (sql, binds) = match crate::services::find::retrieve_query(
-        &context.abstract_syntax,
-        message.data_set.as_deref().unwrap_or_default(),
-        &context.transfer_syntax,
-    ) {
-        Ok(q) => q,
+    let rows = match instances_to_retrieve(gateway, context, message.data_set.as_deref(), "C-MOVE")
+        .await
+    {
+        Ok(rows) => rows,
         Err(s) => {
             let rsp = fail(s.code, s.comment.as_deref().unwrap_or_default());
             return send_command(association, pc, &rsp).await;
         }
     };
-    let rows = match gateway
-        .archive
-        .catalog()
-        .select_text_rows(&sql, &binds, 1_000_000)
-        .await
-    {
-        Ok(rows) => rows,
-        Err(e) => {
-            tracing::warn!(error = %e, "C-MOVE: catalog query failed");
-            let rsp = fail(
-                status::UNABLE_TO_PERFORM_SUB_OPERATIONS,
-                "catalog unavailable",
-            );
-            return send_command(association, pc, &rsp).await;
-        }
-    };
-    let rows: Vec<(String, String, String)> = rows
-        .into_iter()
-        .filter_map(|r| match (r.first(), r.get(1), r.get(2)) {
-            (Some(Some(u)), Some(Some(c)), Some(Some(t))) => {
-                Some((u.clone(), c.clone(), t.clone()))
-            }
-            _ => None,
-        })
-        .collect();
     let total = rows.len();
     let mut done = GetCounts::default();
     if total > 0 {
@@ -952,6 +903,43 @@ async fn move_to(
         }
         None => send_command(association, pc, &last).await,
     }
+}
+
+/// The instances a C-GET or C-MOVE identifier selects, as (SOP Instance UID,
+/// SOP Class UID, stored transfer syntax): the one query both retrieve
+/// services share.
+async fn instances_to_retrieve(
+    gateway: &Gateway,
+    context: &Context,
+    identifier: Option<&[u8]>,
+    operation: &str,
+) -> Result<Vec<(String, String, String)>, crate::dimse::Status> {
+    let (sql, binds) = crate::services::find::retrieve_query(
+        &context.abstract_syntax,
+        identifier.unwrap_or_default(),
+        &context.transfer_syntax,
+    )?;
+    let rows = gateway
+        .archive
+        .catalog()
+        .select_text_rows(&sql, &binds, 1_000_000)
+        .await
+        .map_err(|e| {
+            tracing::warn!(error = %e, "{operation}: catalog query failed");
+            crate::dimse::Status::failure(
+                crate::dimse::status::UNABLE_TO_PERFORM_SUB_OPERATIONS,
+                "catalog unavailable",
+            )
+        })?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|r| match (r.first(), r.get(1), r.get(2)) {
+            (Some(Some(u)), Some(Some(c)), Some(Some(t))) => {
+                Some((u.clone(), c.clone(), t.clone()))
+            }
+            _ => None,
+        })
+        .collect())
 }
 
 fn set_counts(rsp: &mut Command, remaining: usize, done: &GetCounts) {
