@@ -131,10 +131,10 @@ impl Archive {
             .expect("in-flight semaphore never closed");
         let ingest_config = self.inner.config.ingest.clone();
         let cpu_input = bytes.clone();
-        // Parse and validate, then hash and compress, on the rayon pool.
-        // Many instances are in flight at once, so both cores stay busy
-        // without splitting one object's work; a refused object is never
-        // compressed.
+        // Parse and validate, then hash and compress at once, on the rayon
+        // pool: many instances are in flight, and a large object is itself
+        // split into zstd frames, so one slow sender still uses every core.
+        // A refused object is never hashed or compressed.
         let cpu = on_rayon(move || {
             let data = &cpu_input[..];
             let parsed = parse_part10(data, ingest_config.bulk_data_threshold)?;
