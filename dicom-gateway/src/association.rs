@@ -578,38 +578,27 @@ async fn get(
                     .map(|c| c.transfer_syntax.as_str())
                     .collect::<Vec<_>>()
             )),
-            Some(target) => match gateway.archive.retrieve(uid).await {
-                Err(e) => Err(format!("cannot read it back: {e}")),
-                Ok(bytes) => match part10_data_set(&bytes) {
-                    None => Err("stored object has no readable meta group".to_owned()),
-                    Some(data) => {
-                        let mut rq = Command::new(field::C_STORE_RQ);
-                        rq.set_text(tag::AFFECTED_SOP_CLASS_UID, class)
-                            .set_us(tag::MESSAGE_ID, sub_id)
-                            .set_us(tag::PRIORITY, 0)
-                            .set_us(
-                                tag::COMMAND_DATA_SET_TYPE,
-                                crate::dimse::command::DATA_SET_PRESENT,
-                            )
-                            .set_text(tag::AFFECTED_SOP_INSTANCE_UID, uid);
-                        send_command(association, target, &rq).await?;
-                        send_data(association, target, data).await?;
-                        let code = await_store_response(
-                            association,
-                            sub_id,
-                            request.message_id(),
-                            stash,
-                            &mut cancelled,
-                        )
-                        .await?;
-                        sub_id = sub_id.wrapping_add(1);
-                        match code {
-                            0x0000 => Ok(false),
-                            c if c & 0xF000 == 0xB000 => Ok(true),
-                            c => Err(format!("peer answered {c:#06X}")),
-                        }
+            Some(target) => match stored_data_set(gateway, uid).await {
+                Err(e) => Err(e),
+                Ok(data) => {
+                    let rq = sub_store_request(class, uid, sub_id);
+                    send_command(association, target, &rq).await?;
+                    send_data(association, target, &data).await?;
+                    let code = await_store_response(
+                        association,
+                        sub_id,
+                        request.message_id(),
+                        stash,
+                        &mut cancelled,
+                    )
+                    .await?;
+                    sub_id = sub_id.wrapping_add(1);
+                    match code {
+                        0x0000 => Ok(false),
+                        c if c & 0xF000 == 0xB000 => Ok(true),
+                        c => Err(format!("peer answered {c:#06X}")),
                     }
-                },
+                }
             },
         };
         match outcome {
@@ -792,59 +781,43 @@ async fn move_to(
                 None => Err(format!(
                     "the destination accepted no context for {class} in {syntax}"
                 )),
-                Some(target) => match gateway.archive.retrieve(uid).await {
-                    Err(e) => Err(format!("cannot read it back: {e}")),
-                    Ok(bytes) => match part10_data_set(&bytes) {
-                        None => Err("stored object has no readable meta group".to_owned()),
-                        Some(data) => {
-                            let mut rq = Command::new(field::C_STORE_RQ);
-                            rq.set_text(tag::AFFECTED_SOP_CLASS_UID, class)
-                                .set_us(tag::MESSAGE_ID, sub_id)
-                                .set_us(tag::PRIORITY, 0)
-                                .set_us(
-                                    tag::COMMAND_DATA_SET_TYPE,
-                                    crate::dimse::command::DATA_SET_PRESENT,
-                                )
-                                .set_text(tag::AFFECTED_SOP_INSTANCE_UID, uid)
-                                .set_text(tag::MOVE_ORIGINATOR_AE_TITLE, &peer.calling_ae);
-                            if let Some(id) = request.message_id() {
-                                rq.set_us(tag::MOVE_ORIGINATOR_MESSAGE_ID, id);
-                            }
-                            let sent = async {
-                                send_command(&mut sub, target, &rq).await?;
-                                send_data(&mut sub, target, data).await?;
-                                loop {
-                                    if let Pdu::PData { data } =
-                                        AsyncAssociation::receive(&mut sub).await?
-                                        && let Some(c) = data
-                                            .iter()
-                                            .filter(|p| {
-                                                p.value_type == PDataValueType::Command && p.is_last
-                                            })
-                                            .find_map(|p| Command::decode(&p.data).ok())
-                                            .filter(|c| {
-                                                c.us(tag::MESSAGE_ID_BEING_RESPONDED_TO)
-                                                    == Some(sub_id)
-                                            })
-                                    {
-                                        break Ok::<u16, UlError>(
-                                            c.us(tag::STATUS).unwrap_or(0xC000),
-                                        );
-                                    }
-                                }
-                            }
-                            .await;
-                            sub_id = sub_id.wrapping_add(1);
-                            match sent {
-                                Ok(0) => Ok(false),
-                                Ok(c) if c & 0xF000 == 0xB000 => Ok(true),
-                                Ok(c) => Err(format!("destination answered {c:#06X}")),
-                                Err(e) => {
-                                    Err(format!("sub-association failed: {}", error_chain(&e)))
+                Some(target) => match stored_data_set(gateway, uid).await {
+                    Err(e) => Err(e),
+                    Ok(data) => {
+                        let mut rq = sub_store_request(class, uid, sub_id);
+                        rq.set_text(tag::MOVE_ORIGINATOR_AE_TITLE, &peer.calling_ae);
+                        if let Some(id) = request.message_id() {
+                            rq.set_us(tag::MOVE_ORIGINATOR_MESSAGE_ID, id);
+                        }
+                        let sent = async {
+                            send_command(&mut sub, target, &rq).await?;
+                            send_data(&mut sub, target, &data).await?;
+                            loop {
+                                if let Pdu::PData { data } =
+                                    AsyncAssociation::receive(&mut sub).await?
+                                    && let Some(c) = data
+                                        .iter()
+                                        .filter(|p| {
+                                            p.value_type == PDataValueType::Command && p.is_last
+                                        })
+                                        .find_map(|p| Command::decode(&p.data).ok())
+                                        .filter(|c| {
+                                            c.us(tag::MESSAGE_ID_BEING_RESPONDED_TO) == Some(sub_id)
+                                        })
+                                {
+                                    break Ok::<u16, UlError>(c.us(tag::STATUS).unwrap_or(0xC000));
                                 }
                             }
                         }
-                    },
+                        .await;
+                        sub_id = sub_id.wrapping_add(1);
+                        match sent {
+                            Ok(0) => Ok(false),
+                            Ok(c) if c & 0xF000 == 0xB000 => Ok(true),
+                            Ok(c) => Err(format!("destination answered {c:#06X}")),
+                            Err(e) => Err(format!("sub-association failed: {}", error_chain(&e))),
+                        }
+                    }
                 },
             };
             match outcome {
@@ -998,6 +971,34 @@ async fn await_store_response(
 }
 
 /// The data set of a stored Part-10 object (after its meta group).
+/// The data set of a stored instance, read back (hash verified) for a
+/// C-STORE sub-operation of C-GET or C-MOVE.
+async fn stored_data_set(gateway: &Gateway, uid: &str) -> Result<bytes::Bytes, String> {
+    let bytes = gateway
+        .archive
+        .retrieve(uid)
+        .await
+        .map_err(|e| format!("cannot read it back: {e}"))?;
+    let data_len = part10_data_set(&bytes)
+        .ok_or("stored object has no readable meta group")?
+        .len();
+    Ok(bytes.slice(bytes.len() - data_len..))
+}
+
+/// The C-STORE-RQ of one retrieve sub-operation.
+fn sub_store_request(sop_class_uid: &str, sop_instance_uid: &str, message_id: u16) -> Command {
+    let mut rq = Command::new(field::C_STORE_RQ);
+    rq.set_text(tag::AFFECTED_SOP_CLASS_UID, sop_class_uid)
+        .set_us(tag::MESSAGE_ID, message_id)
+        .set_us(tag::PRIORITY, 0)
+        .set_us(
+            tag::COMMAND_DATA_SET_TYPE,
+            crate::dimse::command::DATA_SET_PRESENT,
+        )
+        .set_text(tag::AFFECTED_SOP_INSTANCE_UID, sop_instance_uid);
+    rq
+}
+
 fn part10_data_set(bytes: &[u8]) -> Option<&[u8]> {
     if bytes.get(128..132)? != b"DICM" {
         return None;
