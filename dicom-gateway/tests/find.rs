@@ -3,23 +3,11 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
 
 use common::{CALLING, Server, TestScu, dcmtk_tool, split_part10};
 use dicom_core::Tag;
 use pacs_dicom_gateway::dimse::tag;
 use pacs_fixtures::{DatasetSpec, FixtureFile};
-
-fn findscu_present() -> bool {
-    if Path::new("/usr/bin/findscu").exists() {
-        return true;
-    }
-    if std::env::var_os("PACS_TEST_REQUIRE_PEERS").is_some() {
-        panic!("DCMTK's findscu is missing (apt-get install dcmtk)");
-    }
-    eprintln!("skipping: DCMTK's findscu is missing");
-    false
-}
 
 async fn store_all(server: &Server, files: &[FixtureFile]) {
     for f in files {
@@ -88,7 +76,7 @@ const STUDY_DATE: Tag = Tag(0x0008, 0x0020);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn findscu_queries_every_level_with_the_matching_rules() {
-    if !findscu_present() {
+    if !common::dcmtk_tools(&["findscu"]) {
         return;
     }
     let mut server = Server::start(|_| {}).await;
@@ -243,7 +231,7 @@ async fn findscu_queries_every_level_with_the_matching_rules() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_match_cap_and_cancel_end_a_query() {
-    if !findscu_present() {
+    if !common::dcmtk_tools(&["findscu"]) {
         return;
     }
     let mut server = Server::start(|c| c.max_find_matches = 2).await;

@@ -4,22 +4,10 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::path::Path;
 
 use common::{CALLING, Server, TestScu, dcmtk_tool, split_part10};
 use pacs_dicom_gateway::dimse::tag;
 use pacs_fixtures::{DatasetSpec, FixtureFile, ts};
-
-fn getscu_present() -> bool {
-    if Path::new("/usr/bin/getscu").exists() && Path::new("/usr/bin/dcmconv").exists() {
-        return true;
-    }
-    if std::env::var_os("PACS_TEST_REQUIRE_PEERS").is_some() {
-        panic!("DCMTK's getscu is missing (apt-get install dcmtk)");
-    }
-    eprintln!("skipping: DCMTK's getscu is missing");
-    false
-}
 
 /// getscu proposes one storage context per SOP class, Explicit VR Little
 /// Endian first, and the gateway accepts the first syntax it supports; as
@@ -31,7 +19,7 @@ fn getscu_accepts(syntax: &str) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn getscu_retrieves_stored_instances_as_stored() {
-    if !getscu_present() {
+    if !common::dcmtk_tools(&["getscu", "dcmconv"]) {
         return;
     }
     let mut server = Server::start(|_| {}).await;

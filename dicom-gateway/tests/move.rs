@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::path::Path;
 use std::time::Duration;
 
 use common::{CALLING, Server, TIMEOUT, TestScu, dcmtk_tool, split_part10};
@@ -11,20 +10,9 @@ use pacs_dicom_gateway::MoveDestination;
 use pacs_dicom_gateway::dimse::tag;
 use pacs_fixtures::{DatasetSpec, FixtureFile};
 
-fn tools_present() -> bool {
-    if Path::new("/usr/bin/movescu").exists() && Path::new("/usr/bin/storescp").exists() {
-        return true;
-    }
-    if std::env::var_os("PACS_TEST_REQUIRE_PEERS").is_some() {
-        panic!("DCMTK's movescu/storescp are missing (apt-get install dcmtk)");
-    }
-    eprintln!("skipping: DCMTK's movescu/storescp are missing");
-    false
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn movescu_moves_a_study_to_storescp_byte_for_byte() {
-    if !tools_present() {
+    if !common::dcmtk_tools(&["movescu", "storescp"]) {
         return;
     }
     // A free port for storescp (bound and released: a small race, retried

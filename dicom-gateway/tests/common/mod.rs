@@ -118,12 +118,18 @@ impl Server {
     }
 }
 
-/// Are the DCMTK tools there? Missing tools fail the test when
+/// Are DCMTK's echoscu, storescu and dcmsend there? See [`dcmtk_tools`].
+pub fn dcmtk() -> bool {
+    dcmtk_tools(&["echoscu", "storescu", "dcmsend"])
+}
+
+/// Are these DCMTK tools in /usr/bin? Missing tools fail the test when
 /// PACS_TEST_REQUIRE_PEERS is set (the test script installs them), and skip
 /// it otherwise.
-pub fn dcmtk() -> bool {
-    let missing: Vec<&str> = ["echoscu", "storescu", "dcmsend"]
-        .into_iter()
+pub fn dcmtk_tools(tools: &[&'static str]) -> bool {
+    let missing: Vec<&str> = tools
+        .iter()
+        .copied()
         .filter(|t| !Path::new("/usr/bin").join(t).exists())
         .collect();
     if missing.is_empty() {
