@@ -103,6 +103,20 @@ async fn each_kind_of_bad_input_gets_its_own_refusal() {
         }
     ));
 
+    // A transfer syntax nobody knows: same length as Explicit VR LE, so the
+    // file meta group stays well formed.
+    let mut unknown = good.clone();
+    let at = unknown
+        .windows(19)
+        .position(|w| w == b"1.2.840.10008.1.2.1")
+        .expect("transfer syntax in the meta group");
+    unknown[at..at + 19].copy_from_slice(b"1.2.999.99999.9.9.9");
+    let reason = refusal_of(dir.path(), unknown).await;
+    assert_eq!(
+        reason,
+        RefusalReason::UnknownTransferSyntax("1.2.999.99999.9.9.9".into())
+    );
+
     assert_nothing_stored(dir.path()).await;
 }
 

@@ -79,6 +79,15 @@ pub fn part10_from_dataset(
 fn check_structure(after_magic: &[u8]) -> Result<CheckedObject, RefusalReason> {
     let (transfer_syntax, offset) = structure::check_meta(after_magic)
         .map_err(|e| RefusalReason::Unparseable(format!("file meta group: {e}")))?;
+    {
+        use dicom_encoding::TransferSyntaxIndex;
+        if dicom_transfer_syntax_registry::TransferSyntaxRegistry
+            .get(&transfer_syntax)
+            .is_none()
+        {
+            return Err(RefusalReason::UnknownTransferSyntax(transfer_syntax));
+        }
+    }
     let dataset = &after_magic[offset..];
     let structure_error = |e| RefusalReason::Unparseable(format!("data set structure: {e}"));
     if structure::is_deflated(&transfer_syntax) {
