@@ -1,4 +1,4 @@
-//! The command line: `pacs serve | import | export | verify | stats`.
+//! The command line: `pacs serve | import | export | verify | stats | reindex | token`.
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -10,8 +10,11 @@ use bytes::Bytes;
 use clap::{Args, Parser, Subcommand};
 use futures::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
+use pacs_archive::catalog::TokenRole;
 use pacs_archive::{Archive, IngestReceipt, IngestSource};
 use pacs_dicom_gateway::{Gateway, GatewayConfig};
+use pacs_indexer::StudyIndex;
+use pacs_viewer_api::{AppState, HttpConfig};
 
 use crate::config::PacsConfig;
 
@@ -40,15 +43,15 @@ struct GlobalArgs {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the archive's network services (the DICOM gateway) until
-    /// SIGINT/SIGTERM, then shut down gracefully.
+    /// Run the archive's network services (the DICOM gateway and the HTTP
+    /// API) until SIGINT/SIGTERM, then shut down gracefully.
     Serve {
         /// DICOM (DIMSE) port [default: dicom.port of the config, 11112]; 0 picks a free port.
         #[arg(long, value_name = "PORT")]
         dicom_port: Option<u16>,
-        /// HTTP port of the viewer API (accepted; the HTTP API is not built yet).
-        #[arg(long, value_name = "PORT", default_value_t = 8080)]
-        http_port: u16,
+        /// HTTP port of the viewer API [default: http.port of the config, 8080]; 0 picks a free port.
+        #[arg(long, value_name = "PORT")]
+        http_port: Option<u16>,
         /// Our AE title [default: dicom.ae_title of the config, PACS].
         #[arg(long, value_name = "AE")]
         ae_title: Option<String>,
@@ -74,6 +77,34 @@ enum Command {
     Verify,
     /// Counts of patients, studies, series, instances and bytes.
     Stats,
+    /// Rebuild the search index from the catalog (while `pacs serve` is
+    /// stopped).
+    Reindex,
+    /// Bearer tokens of the HTTP API.
+    Token {
+        #[command(subcommand)]
+        action: TokenCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Create a token and print it (once: only its hash is kept).
+    Issue {
+        /// admin (everything) or clinician (search, read, store).
+        #[arg(long, value_parser = ["admin", "clinician"])]
+        role: String,
+        /// Who or what holds the token (a person, a viewer, a script).
+        #[arg(long)]
+        name: String,
+    },
+    /// List tokens (names, roles, dates; never the secrets).
+    List,
+    /// Revoke every live token with this name.
+    Revoke {
+        #[arg(long)]
+        name: String,
+    },
 }
 
 impl Cli {
@@ -106,8 +137,14 @@ impl Cli {
                 if let Some(ae) = ae_title {
                     dicom.ae_title = ae;
                 }
-                serve(archive, dicom, http_port).await
+                let mut http = config.http.clone();
+                if let Some(port) = http_port {
+                    http.port = port;
+                }
+                serve(archive, dicom, http).await
             }
+            Command::Reindex => reindex(&archive).await,
+            Command::Token { action } => token(&archive, action).await,
             Command::Import { path, list } => import(&archive, &path, list).await,
             Command::Export { out, study } => export(&archive, &out, study.as_deref()).await,
             Command::Verify => verify(&archive).await,
@@ -140,30 +177,137 @@ async fn shutdown_signal() {
     }
 }
 
-async fn serve(archive: Archive, dicom: GatewayConfig, http_port: u16) -> anyhow::Result<ExitCode> {
+/// Where the search index lives.
+fn index_dir(archive: &Archive) -> PathBuf {
+    archive.config().data_dir.join("index")
+}
+
+async fn serve(
+    archive: Archive,
+    dicom: GatewayConfig,
+    http: HttpConfig,
+) -> anyhow::Result<ExitCode> {
     let address = std::net::SocketAddr::new(dicom.listen_address, dicom.port);
-    let listener = tokio::net::TcpListener::bind(address)
+    let dicom_listener = tokio::net::TcpListener::bind(address)
         .await
         .with_context(|| format!("cannot listen for DICOM on {address}"))?;
-    let bound = listener.local_addr()?;
-    tracing::debug!(
-        http_port,
-        "the HTTP API is not part of this build yet; --http-port is accepted"
-    );
+    let dicom_bound = dicom_listener.local_addr()?;
+    let http_address = std::net::SocketAddr::new(http.listen_address, http.port);
+    let http_listener = tokio::net::TcpListener::bind(http_address)
+        .await
+        .with_context(|| format!("cannot listen for HTTP on {http_address}"))?;
+    let http_bound = http_listener.local_addr()?;
+
+    let index = StudyIndex::open(&index_dir(&archive)).context("cannot open the search index")?;
+    let applied = index
+        .catch_up(archive.catalog())
+        .await
+        .context("cannot bring the search index up to date")?;
+    if applied > 0 {
+        tracing::info!(changes = applied, "search index caught up");
+    }
+    let follower = index.spawn_follower(archive.catalog().clone());
+
+    let mut http = http;
+    // With port 0 the public URL must name the port actually bound.
+    if http.port == 0 {
+        http.port = http_bound.port();
+    }
+    let state = AppState::new(archive.clone(), index.clone(), http);
+    let thumbnails = pacs_viewer_api::thumbnails::spawn_worker(state.clone());
+
     // One line on stderr for operators and scripts, whatever the log level.
     eprintln!(
-        "pacs serve: DICOM on {bound} (AE title {}), data in {}",
+        "pacs serve: DICOM on {dicom_bound} (AE title {}), HTTP on {http_bound} ({}), data in {}",
         dicom.ae_title,
+        state.base_url(),
         archive.config().data_dir.display()
     );
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = stop_tx.send(true);
+    });
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
     let gateway = Gateway::new(archive, dicom);
     let counters = gateway.counters();
-    gateway.serve(listener, shutdown_signal()).await?;
+    let api = tokio::spawn(pacs_viewer_api::serve(
+        state,
+        http_listener,
+        stopped(stop_rx.clone()),
+    ));
+    gateway.serve(dicom_listener, stopped(stop_rx)).await?;
+    match api.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::error!(error = %e, "HTTP API stopped with an error"),
+        Err(e) => tracing::error!(error = %e, "HTTP API task failed"),
+    }
+    follower.abort();
+    thumbnails.abort();
     let c = counters.snapshot();
     eprintln!(
         "pacs serve: stopped after {} associations, {} instances stored, {} failures",
         c.associations_accepted, c.instances_stored, c.store_failures
     );
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn reindex(archive: &Archive) -> anyhow::Result<ExitCode> {
+    let started = Instant::now();
+    let index = StudyIndex::open(&index_dir(archive)).context("cannot open the search index")?;
+    let bar = progress_bar(0, "reindex");
+    let progress = |done: u64, total: u64| {
+        bar.set_length(total);
+        bar.set_position(done);
+    };
+    let studies = index
+        .rebuild(archive.catalog(), &progress)
+        .await
+        .context("reindex failed")?;
+    bar.finish_and_clear();
+    eprintln!(
+        "reindex: {studies} studies indexed in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn token(archive: &Archive, action: TokenCommand) -> anyhow::Result<ExitCode> {
+    let catalog = archive.catalog();
+    match action {
+        TokenCommand::Issue { role, name } => {
+            let role = TokenRole::parse(&role).context("role must be admin or clinician")?;
+            let token = pacs_viewer_api::auth::issue_token(catalog, &name, role).await?;
+            // The token on stdout alone, so scripts can capture it.
+            println!("{token}");
+            eprintln!(
+                "token for {name:?} ({}) issued; it is shown only this once",
+                role.name()
+            );
+        }
+        TokenCommand::List => {
+            for t in catalog.api_tokens().await? {
+                println!(
+                    "{}\t{}\t{}\t{}",
+                    t.name,
+                    t.role.name(),
+                    t.created_at,
+                    t.revoked_at
+                        .as_deref()
+                        .map_or("live".to_owned(), |r| format!("revoked {r}"))
+                );
+            }
+        }
+        TokenCommand::Revoke { name } => {
+            let n = catalog.revoke_api_tokens(&name).await?;
+            eprintln!("{n} token(s) named {name:?} revoked");
+            if n == 0 {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -10,6 +10,7 @@ use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use pacs_archive::{ArchiveConfig, CatalogConfig, IngestConfig, StorageConfig};
 use pacs_dicom_gateway::GatewayConfig;
+use pacs_viewer_api::HttpConfig;
 use serde::{Deserialize, Serialize};
 
 /// The whole configuration of a `pacs` process.
@@ -27,6 +28,8 @@ pub struct PacsConfig {
     /// `[dicom]`: the DIMSE gateway of `pacs serve` (AE title, port, limits,
     /// timeouts, allowed peers).
     pub dicom: GatewayConfig,
+    /// `[http]`: the HTTP API of `pacs serve` (DICOMweb, health, metrics).
+    pub http: HttpConfig,
 }
 
 impl Default for PacsConfig {
@@ -38,6 +41,7 @@ impl Default for PacsConfig {
             catalog: archive.catalog,
             ingest: archive.ingest,
             dicom: GatewayConfig::default(),
+            http: HttpConfig::default(),
         }
     }
 }

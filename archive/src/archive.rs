@@ -2,6 +2,7 @@
 //! over one object store and one catalog.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 use futures::StreamExt;
@@ -28,6 +29,58 @@ struct Inner {
     store: Arc<dyn ObjectStore>,
     catalog: Catalog,
     in_flight: Semaphore,
+    counters: IngestCounters,
+}
+
+/// Counts of ingest outcomes since the archive was opened, whatever the
+/// front door (C-STORE, STOW-RS, import).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct IngestCounts {
+    pub stored: u64,
+    pub duplicates: u64,
+    pub refused: u64,
+    /// Part-10 bytes of every object received, stored or not.
+    pub bytes_received: u64,
+    /// Compressed bytes written for new instances.
+    pub bytes_stored: u64,
+}
+
+#[derive(Default)]
+struct IngestCounters {
+    stored: AtomicU64,
+    duplicates: AtomicU64,
+    refused: AtomicU64,
+    bytes_received: AtomicU64,
+    bytes_stored: AtomicU64,
+}
+
+impl IngestCounters {
+    fn count(&self, receipt: &IngestReceipt, received: u64) {
+        self.bytes_received.fetch_add(received, Ordering::Relaxed);
+        match receipt {
+            IngestReceipt::Stored(i) | IngestReceipt::Replaced(i) => {
+                self.stored.fetch_add(1, Ordering::Relaxed);
+                self.bytes_stored
+                    .fetch_add(i.stored_size, Ordering::Relaxed);
+            }
+            IngestReceipt::Duplicate(_) => {
+                self.duplicates.fetch_add(1, Ordering::Relaxed);
+            }
+            IngestReceipt::Refused(_) => {
+                self.refused.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    fn snapshot(&self) -> IngestCounts {
+        IngestCounts {
+            stored: self.stored.load(Ordering::Relaxed),
+            duplicates: self.duplicates.load(Ordering::Relaxed),
+            refused: self.refused.load(Ordering::Relaxed),
+            bytes_received: self.bytes_received.load(Ordering::Relaxed),
+            bytes_stored: self.bytes_stored.load(Ordering::Relaxed),
+        }
+    }
 }
 
 /// Counts and sizes of the archive.
@@ -75,6 +128,7 @@ impl Archive {
                 store,
                 catalog,
                 in_flight: Semaphore::new(permits),
+                counters: IngestCounters::default(),
             }),
         })
     }
@@ -123,6 +177,36 @@ impl Archive {
     /// success receipt means the blob is durable and the catalog transaction
     /// has committed.
     pub async fn ingest_part10(&self, bytes: Bytes, source: IngestSource) -> IngestReceipt {
+        self.ingest_part10_into(bytes, source, None).await
+    }
+
+    /// Ingest a Part-10 object that must belong to `study` (STOW-RS to
+    /// `/studies/{study}`): an object of another study is refused.
+    pub async fn ingest_part10_into(
+        &self,
+        bytes: Bytes,
+        source: IngestSource,
+        study: Option<&str>,
+    ) -> IngestReceipt {
+        let received = bytes.len() as u64;
+        let receipt = self
+            .ingest_part10_counted(bytes, source, study.map(str::to_owned))
+            .await;
+        self.inner.counters.count(&receipt, received);
+        receipt
+    }
+
+    /// Ingest counters since the archive was opened (for metrics).
+    pub fn counters(&self) -> IngestCounts {
+        self.inner.counters.snapshot()
+    }
+
+    async fn ingest_part10_counted(
+        &self,
+        bytes: Bytes,
+        source: IngestSource,
+        expected_study: Option<String>,
+    ) -> IngestReceipt {
         let _permit = self
             .inner
             .in_flight
@@ -138,6 +222,14 @@ impl Archive {
         let cpu = on_rayon(move || {
             let data = &cpu_input[..];
             let parsed = parse_part10(data, ingest_config.bulk_data_threshold)?;
+            if let Some(expected) = expected_study
+                && parsed.attributes.study_instance_uid != expected
+            {
+                return Err(RefusalReason::WrongStudy {
+                    expected,
+                    found: parsed.attributes.study_instance_uid,
+                });
+            }
             let level = ingest_config.zstd_level_for(&parsed.attributes.transfer_syntax_uid);
             let (sha256, compressed) =
                 rayon::join(|| sha256_hex(data), || compress_frames(data, level));

@@ -5,12 +5,13 @@ pub mod config;
 pub mod error;
 pub mod ingest;
 pub mod model;
+pub mod query;
 pub mod retrieve;
 pub mod store;
 
 mod archive;
 
-pub use archive::{Archive, ArchiveStats, VerifyReport};
+pub use archive::{Archive, ArchiveStats, IngestCounts, VerifyReport};
 pub use config::{
     ArchiveConfig, CatalogConfig, IngestConfig, S3Config, StorageBackend, StorageConfig,
 };

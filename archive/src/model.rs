@@ -148,6 +148,8 @@ pub enum RefusalReason {
         value: String,
         problem: &'static str,
     },
+    #[error("the object belongs to study {found}, not to study {expected} of the request")]
+    WrongStudy { expected: String, found: String },
     #[error("transfer syntax {0} is not known to the archive")]
     UnknownTransferSyntax(String),
     #[error(

@@ -457,10 +457,11 @@ async fn find(
         }
     };
     let cap = gateway.config.max_find_matches;
+    let (sql, binds) = query.catalog_sql();
     let rows = match gateway
         .archive
         .catalog()
-        .select_text_rows(&query.sql, &query.binds, cap.saturating_add(1))
+        .select_text_rows(&sql, &binds, cap.saturating_add(1))
         .await
     {
         Ok(rows) => rows,
@@ -514,7 +515,13 @@ async fn find(
     } else {
         crate::dimse::Status::success()
     };
-    tracing::info!(level = ?query.level, matches = sent, status = format_args!("{:#06X}", done.code), "C-FIND");
+    let matched: Vec<&str> = query
+        .query()
+        .conditions
+        .iter()
+        .map(|c| c.attribute.keyword)
+        .collect();
+    tracing::info!(level = ?query.level(), keys = ?matched, matches = sent, status = format_args!("{:#06X}", done.code), "C-FIND");
     send_command(association, pc, &final_response(done)).await
 }
 

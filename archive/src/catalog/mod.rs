@@ -15,10 +15,16 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 use sqlx::{Row, Sqlite, Transaction};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::error::ArchiveError;
 use crate::model::{IngestSource, InstanceAttributes};
+
+mod tokens;
+pub use tokens::{ApiToken, TokenRole};
+
+mod studies;
+pub use studies::StudyRecord;
 
 /// What the catalog knows of one stored instance.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
@@ -85,7 +91,12 @@ pub struct CatalogStats {
 #[derive(Debug, Clone)]
 pub struct Catalog {
     writes: mpsc::Sender<PendingRecord>,
+    /// The one writing connection, shared with the writer task (small
+    /// administrative writes such as API tokens queue on it).
+    writer: SqlitePool,
     reader: SqlitePool,
+    /// The newest change seq committed by the writer task.
+    committed_seq: watch::Receiver<i64>,
 }
 
 /// What the archive needs to know before storing an object.
@@ -146,8 +157,14 @@ impl Catalog {
             .connect_with(options.read_only(true))
             .await?;
         let (writes, queue) = mpsc::channel(4 * MAX_GROUP_COMMIT);
-        tokio::spawn(writer_task(writer, queue));
-        Ok(Catalog { writes, reader })
+        let (seq_tx, committed_seq) = watch::channel(0);
+        tokio::spawn(writer_task(writer.clone(), queue, seq_tx));
+        Ok(Catalog {
+            writes,
+            writer,
+            reader,
+            committed_seq,
+        })
     }
 
     /// The stored instance with this SOP Instance UID, if any.
@@ -222,6 +239,13 @@ impl Catalog {
         .bind(sop_instance_uid)
         .fetch_optional(&self.reader)
         .await?)
+    }
+
+    /// A receiver of the newest change seq committed by this process's
+    /// writer: followers of the change feed wake on it instead of polling.
+    /// (Changes written by other processes are seen only by polling.)
+    pub fn watch_changes(&self) -> watch::Receiver<i64> {
+        self.committed_seq.clone()
     }
 
     /// Change-feed entries after `after_seq`, oldest first.
@@ -475,7 +499,11 @@ async fn upsert_patient(
 /// The one writer of the catalog: takes whatever records are queued (up to
 /// `MAX_GROUP_COMMIT`), writes each in its own savepoint, commits once, and
 /// only then answers each ingest.
-async fn writer_task(pool: SqlitePool, mut queue: mpsc::Receiver<PendingRecord>) {
+async fn writer_task(
+    pool: SqlitePool,
+    mut queue: mpsc::Receiver<PendingRecord>,
+    committed_seq: watch::Sender<i64>,
+) {
     let mut batch = Vec::with_capacity(MAX_GROUP_COMMIT);
     while let Some(first) = queue.recv().await {
         batch.push(first);
@@ -487,6 +515,22 @@ async fn writer_task(pool: SqlitePool, mut queue: mpsc::Receiver<PendingRecord>)
         }
         match commit_group(&pool, &batch).await {
             Ok(outcomes) => {
+                let newest = outcomes
+                    .iter()
+                    .filter_map(|o| match o {
+                        Ok(RecordOutcome::Recorded { seq, .. }) => Some(*seq),
+                        _ => None,
+                    })
+                    .max();
+                if let Some(newest) = newest {
+                    committed_seq.send_if_modified(|seq| {
+                        let newer = newest > *seq;
+                        if newer {
+                            *seq = newest;
+                        }
+                        newer
+                    });
+                }
                 for (pending, outcome) in batch.drain(..).zip(outcomes) {
                     let _ = pending.reply.send(outcome);
                 }

@@ -114,6 +114,12 @@ fn refusal_status(reason: &RefusalReason) -> Status {
         RefusalReason::NotDicom(_) | RefusalReason::Unparseable(_) => {
             Status::failure(CANNOT_UNDERSTAND, "data set cannot be parsed")
         }
+        // Only STOW-RS to /studies/{study} names a study; listed for
+        // completeness.
+        RefusalReason::WrongStudy { .. } => Status::failure(
+            DATA_SET_DOES_NOT_MATCH_SOP_CLASS,
+            "object of another study than requested",
+        ),
         RefusalReason::UnknownTransferSyntax(_) => Status::failure(
             CANNOT_UNDERSTAND,
             "transfer syntax not known to the archive",

@@ -1,0 +1,143 @@
+//! The routes of the HTTP API and the layers every request passes.
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::middleware::from_fn_with_state;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use tower_http::cors::{AllowOrigin, Any, CorsLayer};
+
+use crate::auth;
+use crate::dicomweb::{qido, stow, wado, wado_uri};
+use crate::error::ApiError;
+use crate::metrics;
+use crate::state::AppState;
+
+/// The DICOMweb routes, relative to `/dicom-web`.
+fn dicomweb() -> Router<AppState> {
+    const I: &str = "/studies/{study}/series/{series}/instances/{instance}";
+    Router::new()
+        .route("/studies", get(qido::studies).post(stow::store_studies))
+        .route("/series", get(qido::series))
+        .route("/instances", get(qido::instances))
+        .route("/studies/{study}", get(wado::study).post(stow::store_study))
+        .route("/studies/{study}/metadata", get(wado::study_metadata))
+        .route("/studies/{study}/rendered", get(wado::study_rendered))
+        .route("/studies/{study}/thumbnail", get(wado::study_thumbnail))
+        .route("/studies/{study}/series", get(qido::study_series))
+        .route("/studies/{study}/instances", get(qido::study_instances))
+        .route("/studies/{study}/series/{series}", get(wado::series))
+        .route(
+            "/studies/{study}/series/{series}/metadata",
+            get(wado::series_metadata),
+        )
+        .route(
+            "/studies/{study}/series/{series}/rendered",
+            get(wado::series_rendered),
+        )
+        .route(
+            "/studies/{study}/series/{series}/thumbnail",
+            get(wado::series_thumbnail),
+        )
+        .route(
+            "/studies/{study}/series/{series}/instances",
+            get(qido::series_instances),
+        )
+        .route(I, get(wado::instance))
+        .route(&format!("{I}/metadata"), get(wado::instance_metadata))
+        .route(&format!("{I}/rendered"), get(wado::instance_rendered))
+        .route(&format!("{I}/thumbnail"), get(wado::instance_thumbnail))
+        .route(&format!("{I}/frames/{{frames}}"), get(wado::frames))
+        .route(
+            &format!("{I}/frames/{{frames}}/rendered"),
+            get(wado::frame_rendered),
+        )
+        .route(
+            &format!("{I}/frames/{{frames}}/thumbnail"),
+            get(wado::frame_thumbnail),
+        )
+        .route(&format!("{I}/bulkdata/{{tag}}"), get(wado::bulkdata))
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+/// Ready when the catalog answers and the index is open and not far behind.
+async fn readyz(State(state): State<AppState>) -> Response {
+    match state
+        .archive()
+        .catalog()
+        .changes_since(i64::MAX - 1, 1)
+        .await
+    {
+        Ok(_) => (StatusCode::OK, "ready\n").into_response(),
+        Err(e) => ApiError::Unavailable(format!("catalog: {e}")).into_response(),
+    }
+}
+
+async fn metrics_text(State(state): State<AppState>) -> Response {
+    if let Ok(newest) = state.archive().catalog().last_change_seq().await {
+        state
+            .metrics()
+            .set_index_lag((newest - state.index().indexed_seq()).max(0));
+    }
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.metrics().encode(),
+    )
+        .into_response()
+}
+
+async fn not_found() -> ApiError {
+    ApiError::NotFound("no such resource".into())
+}
+
+fn cors(origins: &[String]) -> Option<CorsLayer> {
+    if origins.is_empty() {
+        return None;
+    }
+    let layer = CorsLayer::new()
+        .allow_methods([Method::GET, Method::HEAD, Method::POST, Method::OPTIONS])
+        .allow_headers([header::AUTHORIZATION, header::ACCEPT, header::CONTENT_TYPE])
+        .expose_headers([
+            header::WARNING,
+            header::CONTENT_TYPE,
+            header::CONTENT_LOCATION,
+        ])
+        .max_age(std::time::Duration::from_secs(600));
+    Some(if origins.iter().any(|o| o == "*") {
+        layer.allow_origin(Any)
+    } else {
+        let list: Vec<HeaderValue> = origins
+            .iter()
+            .filter_map(|o| HeaderValue::from_str(o.trim_end_matches('/')).ok())
+            .collect();
+        layer.allow_origin(AllowOrigin::list(list))
+    })
+}
+
+/// The whole API: public health routes, and everything else behind the one
+/// authentication and authorisation layer.
+pub fn router(state: AppState) -> Router {
+    let protected = Router::new()
+        .nest("/dicom-web", dicomweb())
+        .route("/wado", get(wado_uri::get))
+        .route("/metrics", get(metrics_text))
+        .route_layer(from_fn_with_state(state.clone(), auth::authorize));
+    let app = Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .merge(protected)
+        .fallback(not_found)
+        .layer(from_fn_with_state(state.clone(), metrics::track))
+        .with_state(state.clone());
+    match cors(&state.config().cors_allowed_origins) {
+        Some(layer) => app.layer(layer),
+        None => app,
+    }
+}
