@@ -16,8 +16,22 @@ use pacs_archive::query::{Attribute, Level, Matcher, Query};
 use pacs_indexer::StudyIndex;
 
 const FAMILY: [&str; 16] = [
-    "Smith", "Johnson", "Schmidt", "Müller", "García", "Dubois", "Nowak", "Jensen", "Novák",
-    "Sørensen", "Horváth", "Lefèvre", "O'Brien", "Andersson", "Rossi", "Wilson",
+    "Smith",
+    "Johnson",
+    "Schmidt",
+    "Müller",
+    "García",
+    "Dubois",
+    "Nowak",
+    "Jensen",
+    "Novák",
+    "Sørensen",
+    "Horváth",
+    "Lefèvre",
+    "O'Brien",
+    "Andersson",
+    "Rossi",
+    "Wilson",
 ];
 const GIVEN: [&str; 12] = [
     "Peter", "Anna", "José", "Élodie", "Jörg", "Zoë", "Lars", "Maria", "Chloé", "Noah", "Léa",
@@ -50,7 +64,11 @@ fn attributes(i: u64) -> InstanceAttributes {
         prng.next();
     }
     let days = rng.below(3650);
-    let (y, m, d) = (2015 + days / 365, 1 + (days % 365) / 31, 1 + (days % 31).min(27));
+    let (y, m, d) = (
+        2015 + days / 365,
+        1 + (days % 365) / 31,
+        1 + (days % 31).min(27),
+    );
     let secs = 7 * 3600 + rng.below(12 * 3600);
     InstanceAttributes {
         sop_class_uid: "1.2.840.10008.5.1.4.1.1.2".into(),
@@ -66,7 +84,12 @@ fn attributes(i: u64) -> InstanceAttributes {
             FAMILY[prng.below(16) as usize],
             GIVEN[prng.below(12) as usize]
         )),
-        patient_birth_date: Some(format!("19{:02}0{}1{}", 30 + prng.below(70), 1 + prng.below(9), prng.below(10))),
+        patient_birth_date: Some(format!(
+            "19{:02}0{}1{}",
+            30 + prng.below(70),
+            1 + prng.below(9),
+            prng.below(10)
+        )),
         patient_sex: Some(if prng.below(2) == 0 { "F" } else { "M" }.into()),
         study_date: Some(format!("{y:04}{m:02}{d:02}")),
         study_time: Some(format!(
@@ -159,22 +182,51 @@ fn bench(index: &Arc<StudyIndex>) {
     let cases = [
         ("all, first page", q(&[], false), 0),
         ("all, page 50", q(&[], false), 1000),
-        ("name wildcard smi*", q(&[("PatientName", "smi*")], false), 0),
-        ("name wildcard *ller*", q(&[("PatientName", "*ller*")], false), 0),
-        ("name muller^j*", q(&[("PatientName", "MÜLLER^J*")], false), 0),
-        ("name fuzzy Mueller", q(&[("PatientName", "Mueller")], true), 0),
+        (
+            "name wildcard smi*",
+            q(&[("PatientName", "smi*")], false),
+            0,
+        ),
+        (
+            "name wildcard *ller*",
+            q(&[("PatientName", "*ller*")], false),
+            0,
+        ),
+        (
+            "name muller^j*",
+            q(&[("PatientName", "MÜLLER^J*")], false),
+            0,
+        ),
+        (
+            "name fuzzy Mueller",
+            q(&[("PatientName", "Mueller")], true),
+            0,
+        ),
         (
             "date range + modality",
-            q(&[("StudyDate", "20180101-20191231"), ("ModalitiesInStudy", "CT")], false),
+            q(
+                &[
+                    ("StudyDate", "20180101-20191231"),
+                    ("ModalitiesInStudy", "CT"),
+                ],
+                false,
+            ),
             0,
         ),
         (
             "open date range + modalities",
-            q(&[("StudyDate", "20230601-"), ("ModalitiesInStudy", "CT\\MR")], false),
+            q(
+                &[("StudyDate", "20230601-"), ("ModalitiesInStudy", "CT\\MR")],
+                false,
+            ),
             0,
         ),
         ("patient id", q(&[("PatientID", "PID0012345")], false), 0),
-        ("accession", q(&[("AccessionNumber", "ACC000054321")], false), 0),
+        (
+            "accession",
+            q(&[("AccessionNumber", "ACC000054321")], false),
+            0,
+        ),
     ];
     for (name, query, offset) in &cases {
         let mut times = Vec::with_capacity(300);

@@ -322,7 +322,7 @@ impl PartialOrd for Hit {
 
 /// Counts every match and keeps the best `k` in newest-first order (study
 /// date and time descending, StudyInstanceUID ascending), reading only fast
-/// fields; UIDs are read only for candidates that can enter the page.
+/// fields; UID strings are read only for each segment's survivors.
 pub struct TopStudies {
     pub k: usize,
     pub sort_field: &'static str,
@@ -352,7 +352,6 @@ impl Collector for TopStudies {
             uids: fast.str(self.uid_field)?,
             heap: BinaryHeap::with_capacity(self.k.min(4096) + 1),
             total: 0,
-            buf: String::new(),
         })
     }
 
@@ -374,20 +373,33 @@ pub struct SegmentTop {
     segment: SegmentOrdinal,
     keys: Column<u64>,
     uids: Option<StrColumn>,
-    heap: BinaryHeap<Hit>,
+    heap: BinaryHeap<SegmentHit>,
     total: usize,
-    buf: String,
 }
 
-impl SegmentTop {
-    fn uid(&mut self, doc: DocId) -> String {
-        self.buf.clear();
-        if let Some(uids) = &self.uids
-            && let Some(ord) = uids.ords().first(doc)
-        {
-            let _ = uids.ord_to_str(ord, &mut self.buf);
-        }
-        self.buf.clone()
+/// A candidate within one segment: term ordinals of a segment's UID column
+/// are in UID order, so the ordinal stands in for the UID until harvest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct SegmentHit {
+    key: u64,
+    uid_ord: u64,
+    doc: DocId,
+}
+
+impl Ord for SegmentHit {
+    /// Less is better, as for [`Hit`].
+    fn cmp(&self, other: &Self) -> Ordering {
+        other
+            .key
+            .cmp(&self.key)
+            .then_with(|| self.uid_ord.cmp(&other.uid_ord))
+            .then_with(|| self.doc.cmp(&other.doc))
+    }
+}
+
+impl PartialOrd for SegmentHit {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
     }
 }
 
@@ -406,11 +418,12 @@ impl SegmentCollector for SegmentTop {
         {
             return;
         }
-        let hit = Hit {
-            key,
-            uid: self.uid(doc),
-            address: DocAddress::new(self.segment, doc),
-        };
+        let uid_ord = self
+            .uids
+            .as_ref()
+            .and_then(|u| u.ords().first(doc))
+            .unwrap_or(u64::MAX);
+        let hit = SegmentHit { key, uid_ord, doc };
         if self.heap.len() < self.k {
             self.heap.push(hit);
         } else if let Some(mut worst) = self.heap.peek_mut()
@@ -421,9 +434,47 @@ impl SegmentCollector for SegmentTop {
     }
 
     fn harvest(self) -> TopFruit {
+        let top = self.heap.into_sorted_vec();
+        // Resolve the survivors' UIDs in one sorted pass over the dictionary.
+        let mut ords: Vec<u64> = top
+            .iter()
+            .map(|h| h.uid_ord)
+            .filter(|&o| o != u64::MAX)
+            .collect();
+        ords.sort_unstable();
+        ords.dedup();
+        let mut names: Vec<String> = Vec::with_capacity(ords.len());
+        if let Some(uids) = &self.uids {
+            let resolved = uids.dictionary().sorted_ords_to_term_cb(&ords, |bytes| {
+                names.push(String::from_utf8_lossy(bytes).into_owned());
+            });
+            if resolved.is_err() || names.len() != ords.len() {
+                // Fall back to one lookup per ordinal.
+                names = ords
+                    .iter()
+                    .map(|&o| {
+                        let mut s = String::new();
+                        let _ = uids.ord_to_str(o, &mut s);
+                        s
+                    })
+                    .collect();
+            }
+        }
+        let hits = top
+            .into_iter()
+            .map(|h| Hit {
+                key: h.key,
+                uid: ords
+                    .binary_search(&h.uid_ord)
+                    .ok()
+                    .and_then(|i| names.get(i).cloned())
+                    .unwrap_or_default(),
+                address: DocAddress::new(self.segment, h.doc),
+            })
+            .collect();
         TopFruit {
             total: self.total,
-            hits: self.heap.into_sorted_vec(),
+            hits,
         }
     }
 }
@@ -438,6 +489,60 @@ mod tests {
         assert_eq!(wildcard_regex("m?ller^j*"), "m.ller\\^j.*");
         assert_eq!(wildcard_regex("1.2.3*"), "1\\.2\\.3.*");
         assert_eq!(wildcard_regex("a(b)|[c]"), "a\\(b\\)\\|\\[c\\]");
+    }
+
+    /// Equal dates and times order by UID, across segments and pages.
+    #[test]
+    fn ties_order_by_uid_across_segments() {
+        use tantivy::collector::Collector;
+
+        let (schema, fields) = crate::schema::build_schema();
+        let index = tantivy::Index::create_in_ram(schema);
+        let mut writer: tantivy::IndexWriter =
+            index.writer_with_num_threads(1, 15_000_000).unwrap();
+        // Three segments, tied UIDs interleaved between them, more ties per
+        // segment than the smaller page sizes.
+        let batches = [
+            ["1.15", "1.03", "1.09", "1.12", "1.06", "1.21"],
+            ["1.01", "1.13", "1.07", "1.04", "1.10", "1.20"],
+            ["1.05", "1.11", "1.02", "1.14", "1.08", "1.00"],
+        ];
+        for batch in &batches {
+            for uid in batch {
+                let date = match *uid {
+                    "1.21" | "1.20" => "20210101",
+                    "1.00" => "20190101",
+                    _ => "20200101",
+                };
+                let d = crate::StudyDoc {
+                    study_instance_uid: (*uid).into(),
+                    study_date: Some(date.into()),
+                    study_time: Some("101500".into()),
+                    ..Default::default()
+                };
+                writer
+                    .add_document(crate::schema::to_document(&fields, &d).unwrap())
+                    .unwrap();
+            }
+            writer.commit().unwrap();
+        }
+        let searcher = index.reader().unwrap().searcher();
+        assert_eq!(searcher.segment_readers().len(), 3);
+        let mut expected = vec!["1.20".to_owned(), "1.21".to_owned()];
+        expected.extend((1..=15).map(|i| format!("1.{i:02}")));
+        expected.push("1.00".to_owned());
+        for k in 1..=expected.len() + 1 {
+            let collector = TopStudies {
+                k,
+                sort_field: "sort_key",
+                uid_field: "study_uid",
+            };
+            assert!(!collector.requires_scoring());
+            let fruit = searcher.search(&AllQuery, &collector).unwrap();
+            assert_eq!(fruit.total, expected.len());
+            let uids: Vec<String> = fruit.hits.into_iter().map(|h| h.uid).collect();
+            assert_eq!(uids, expected[..k.min(expected.len())], "k = {k}");
+        }
     }
 
     #[test]

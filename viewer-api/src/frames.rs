@@ -78,7 +78,7 @@ pub fn extract_frames(
     if numbers.is_empty() {
         return Err(ApiError::BadRequest("no frame numbers given".into()));
     }
-    let mut inst = Instance::open(part10)?
+    let inst = Instance::open(part10)?
         .ok_or_else(|| ApiError::NotFound("instance has no pixel data".into()))?;
     let indices = numbers
         .iter()
@@ -414,7 +414,7 @@ impl Instance {
                 bytes.len()
             ))
         };
-        if start_bit % 8 != 0 {
+        if !start_bit.is_multiple_of(8) {
             // 1-bit frames not starting on a byte boundary: realign.
             let start = start_bit / 8;
             let shift = (start_bit % 8) as u32;
@@ -446,7 +446,7 @@ impl Instance {
             }
             return Ok(Cow::Owned(out));
         }
-        if info.bits_allocated == 1 && frame_bits % 8 != 0 {
+        if info.bits_allocated == 1 && !frame_bits.is_multiple_of(8) {
             let mut out = slice.to_vec();
             mask_tail(&mut out, frame_bits);
             return Ok(Cow::Owned(out));
@@ -547,7 +547,7 @@ impl Instance {
 
     /// Decode one encapsulated frame to native little-endian interleaved
     /// samples (`decoded_frame_len` bytes). `index` is only for messages.
-    pub fn decode_span(&mut self, span: &Span, index: usize) -> Result<Vec<u8>, ApiError> {
+    pub fn decode_span(&self, span: &Span, index: usize) -> Result<Vec<u8>, ApiError> {
         if self.info.ts == RLE_LOSSLESS {
             let bitstream = self.bitstream(span);
             return decode_rle(&bitstream, &self.info).map_err(|m| {
@@ -555,20 +555,37 @@ impl Instance {
             });
         }
         let bitstream = self.bitstream(span).into_owned();
-        // Give the decoder a one-frame, one-fragment object: it then needs
-        // no offset table nor marker search of its own.
-        self.obj.put(DataElement::new(
-            tags::PIXEL_DATA,
-            VR::OB,
-            PixelFragmentSequence::new_fragments(vec![bitstream]),
-        ));
-        self.obj.put(DataElement::new(
+        // Give the decoder a minimal one-frame, one-fragment object: it then
+        // needs no offset table nor marker search of its own, and attributes
+        // it does not need (windows, rescale, functional groups) cannot make
+        // it fail.
+        let mut one = DefaultDicomObject::new_empty_with_meta(self.obj.meta().clone());
+        for tag in [
+            tags::SAMPLES_PER_PIXEL,
+            tags::PHOTOMETRIC_INTERPRETATION,
+            tags::PLANAR_CONFIGURATION,
+            tags::ROWS,
+            tags::COLUMNS,
+            tags::BITS_ALLOCATED,
+            tags::BITS_STORED,
+            tags::HIGH_BIT,
+            tags::PIXEL_REPRESENTATION,
+        ] {
+            if let Some(e) = self.obj.get(tag) {
+                one.put(e.clone());
+            }
+        }
+        one.put(DataElement::new(
             tags::NUMBER_OF_FRAMES,
             VR::IS,
             PrimitiveValue::from("1"),
         ));
-        let decoded = self
-            .obj
+        one.put(DataElement::new(
+            tags::PIXEL_DATA,
+            VR::OB,
+            PixelFragmentSequence::new_fragments(vec![bitstream]),
+        ));
+        let decoded = one
             .decode_pixel_data()
             .map(|px| px.into_data())
             .map_err(|e| {
@@ -578,7 +595,6 @@ impl Instance {
                     error_chain(&e)
                 ))
             });
-        self.obj.remove_element(tags::PIXEL_DATA);
         let mut data = decoded?;
         let expected = self.info.decoded_frame_len();
         if data.len() < expected {
@@ -597,7 +613,7 @@ impl Instance {
         let read = |tag| -> Option<Vec<u64>> {
             let e = self.obj.get(tag)?;
             let bytes = e.value().to_bytes().ok()?;
-            if bytes.is_empty() || bytes.len() % 8 != 0 {
+            if bytes.is_empty() || !bytes.len().is_multiple_of(8) {
                 return None;
             }
             Some(
@@ -760,18 +776,40 @@ fn mask_tail(out: &mut [u8], bits: usize) {
     }
 }
 
-pub(crate) fn uint(obj: &DefaultDicomObject, tag: dicom_core::Tag) -> Option<u32> {
+pub(crate) fn uint(obj: &InMemDicomObject, tag: dicom_core::Tag) -> Option<u32> {
     obj.get(tag)?.to_int::<u32>().ok()
 }
 
-pub(crate) fn string(obj: &DefaultDicomObject, tag: dicom_core::Tag) -> Option<String> {
+pub(crate) fn string(obj: &InMemDicomObject, tag: dicom_core::Tag) -> Option<String> {
     let s = obj.get(tag)?.to_str().ok()?;
     let s = s.trim_matches(|c: char| c == '\0' || c.is_whitespace());
     (!s.is_empty()).then(|| s.to_string())
 }
 
 /// All values of a decimal (DS/FD/...) attribute.
-pub(crate) fn floats(obj: &DefaultDicomObject, tag: dicom_core::Tag) -> Vec<f64> {
+/// The first item of sequence `seq` for frame `index` of an enhanced
+/// multi-frame object: in the Per-frame Functional Groups, else in the
+/// Shared ones.
+pub(crate) fn functional_group(
+    obj: &InMemDicomObject,
+    index: usize,
+    seq: dicom_core::Tag,
+) -> Option<&InMemDicomObject> {
+    fn item_of(group: &InMemDicomObject, seq: dicom_core::Tag) -> Option<&InMemDicomObject> {
+        group.get(seq)?.items()?.first()
+    }
+    let in_group = |group| item_of(group, seq);
+    obj.get(tags::PER_FRAME_FUNCTIONAL_GROUPS_SEQUENCE)
+        .and_then(|e| e.items()?.get(index))
+        .and_then(in_group)
+        .or_else(|| {
+            obj.get(tags::SHARED_FUNCTIONAL_GROUPS_SEQUENCE)
+                .and_then(|e| e.items()?.first())
+                .and_then(in_group)
+        })
+}
+
+pub(crate) fn floats(obj: &InMemDicomObject, tag: dicom_core::Tag) -> Vec<f64> {
     obj.get(tag)
         .and_then(|e| e.to_multi_float64().ok())
         .unwrap_or_default()

@@ -14,6 +14,7 @@
 use std::borrow::Cow;
 
 use dicom_dictionary_std::tags;
+use dicom_object::InMemDicomObject;
 use image::imageops::FilterType;
 use image::{GrayImage, ImageBuffer, Pixel, RgbImage};
 
@@ -284,9 +285,9 @@ fn check_viewport_size(width: u32, height: u32) -> Result<(), ApiError> {
 /// Render one frame of a Part-10 instance as JPEG or PNG.
 pub fn render(part10: &[u8], params: &RenderParams) -> Result<Vec<u8>, ApiError> {
     params.validate()?;
-    let mut inst = open(part10)?;
+    let inst = open(part10)?;
     let index = inst.frame_index(params.frame)?;
-    let mut img = frame_image(&mut inst, index, params.window.as_ref())?;
+    let mut img = frame_image(&inst, index, params.window.as_ref())?;
     if let Some(region) = &params.region {
         img = crop(img, region)?;
     }
@@ -301,9 +302,9 @@ pub fn render(part10: &[u8], params: &RenderParams) -> Result<Vec<u8>, ApiError>
 /// `max_side` x `max_side`.
 pub fn thumbnail(part10: &[u8], max_side: u32, format: ImageFormat) -> Result<Vec<u8>, ApiError> {
     check_viewport_size(max_side, max_side)?;
-    let mut inst = open(part10)?;
+    let inst = open(part10)?;
     let index = inst.info.frames as usize / 2;
-    let img = frame_image(&mut inst, index, None)?;
+    let img = frame_image(&inst, index, None)?;
     let (tw, th) = fit(img.width(), img.height(), max_side, max_side, false);
     img.resize(tw, th).encode(format, DEFAULT_QUALITY)
 }
@@ -472,7 +473,7 @@ fn crop(img: Rendered, r: &Region) -> Result<Rendered, ApiError> {
 
 /// Decode and render frame `index` (0-based) to 8 bits.
 fn frame_image(
-    inst: &mut Instance,
+    inst: &Instance,
     index: usize,
     window: Option<&Window>,
 ) -> Result<Rendered, ApiError> {
@@ -516,7 +517,7 @@ fn frame_image(
     match (info.samples, photometric.as_str()) {
         (1, "MONOCHROME1" | "MONOCHROME2") => {
             let invert = photometric == "MONOCHROME1";
-            let voi = Voi::from_instance(inst, window);
+            let voi = Voi::from_instance(inst, index, window);
             let px = gray_pixels(&raw, &info, &voi, invert)?;
             Ok(Rendered::Gray(
                 GrayImage::from_raw(w, h, px).ok_or_else(|| internal_size(&info))?,
@@ -557,22 +558,31 @@ struct Voi {
 }
 
 impl Voi {
-    fn from_instance(inst: &Instance, asked: Option<&Window>) -> Voi {
-        let obj = &inst.obj;
-        let slope = frames::floats(obj, tags::RESCALE_SLOPE)
-            .first()
-            .copied()
-            .filter(|s| s.is_finite() && *s != 0.0)
+    /// Rescale and window of frame `index`: the data set's top-level
+    /// attributes, else those of the frame's functional groups (enhanced
+    /// multi-frame objects).
+    fn from_instance(inst: &Instance, index: usize, asked: Option<&Window>) -> Voi {
+        let obj: &InMemDicomObject = &inst.obj;
+        let rescale =
+            frames::functional_group(obj, index, tags::PIXEL_VALUE_TRANSFORMATION_SEQUENCE);
+        let voi = frames::functional_group(obj, index, tags::FRAME_VOILUT_SEQUENCE);
+        let first = |tag, group: Option<&InMemDicomObject>| -> Option<f64> {
+            frames::floats(obj, tag)
+                .first()
+                .copied()
+                .or_else(|| frames::floats(group?, tag).first().copied())
+                .filter(|v| v.is_finite())
+        };
+        let slope = first(tags::RESCALE_SLOPE, rescale)
+            .filter(|s| *s != 0.0)
             .unwrap_or(1.0);
-        let intercept = frames::floats(obj, tags::RESCALE_INTERCEPT)
-            .first()
-            .copied()
-            .filter(|s| s.is_finite())
-            .unwrap_or(0.0);
+        let intercept = first(tags::RESCALE_INTERCEPT, rescale).unwrap_or(0.0);
         let window = asked.copied().or_else(|| {
-            let center = *frames::floats(obj, tags::WINDOW_CENTER).first()?;
-            let width = *frames::floats(obj, tags::WINDOW_WIDTH).first()?;
-            let function = match frames::string(obj, tags::VOILUT_FUNCTION).as_deref() {
+            let center = first(tags::WINDOW_CENTER, voi)?;
+            let width = first(tags::WINDOW_WIDTH, voi)?;
+            let function = frames::string(obj, tags::VOILUT_FUNCTION)
+                .or_else(|| frames::string(voi?, tags::VOILUT_FUNCTION));
+            let function = match function.as_deref() {
                 Some("LINEAR_EXACT") => VoiFunction::LinearExact,
                 Some("SIGMOID") => VoiFunction::Sigmoid,
                 _ => VoiFunction::Linear,
@@ -600,9 +610,7 @@ fn apply_window(w: &Window, x: f64) -> f64 {
         VoiFunction::Linear => {
             if x <= c - 0.5 - (wd - 1.0) / 2.0 {
                 0.0
-            } else if x > c - 0.5 + (wd - 1.0) / 2.0 {
-                1.0
-            } else if wd <= 1.0 {
+            } else if x > c - 0.5 + (wd - 1.0) / 2.0 || wd <= 1.0 {
                 1.0
             } else {
                 ((x - (c - 0.5)) / (wd - 1.0) + 0.5).clamp(0.0, 1.0)

@@ -113,7 +113,7 @@ pub async fn series_thumbnail(
         .archive()
         .catalog()
         .select_text_rows(
-            "SELECT 1 FROM series WHERE series_instance_uid = $1 AND study_instance_uid = $2",
+            "SELECT series_instance_uid FROM series WHERE series_instance_uid = $1 AND study_instance_uid = $2",
             &[series.to_owned(), study.to_owned()],
             1,
         )

@@ -13,7 +13,11 @@ fn frames(bytes: &[u8], numbers: &[u32], want: FrameWant) -> Vec<Frame> {
 #[test]
 fn big_endian_frame_equals_swapped_little_endian() {
     for kind in [Kind::Ct, Kind::Mr, Kind::Cr] {
-        let le = &frames(&single(kind, ts::EXPLICIT_VR_LE, 9).bytes, &[1], FrameWant::Original)[0];
+        let le = &frames(
+            &single(kind, ts::EXPLICIT_VR_LE, 9).bytes,
+            &[1],
+            FrameWant::Original,
+        )[0];
         let be_file = single(kind, ts::EXPLICIT_VR_BE, 9);
         let be = &frames(&be_file.bytes, &[1], FrameWant::Original)[0];
         assert_eq!(be.media_type, "application/octet-stream");
@@ -38,10 +42,18 @@ fn big_endian_frame_equals_swapped_little_endian() {
 
 #[test]
 fn native_syntaxes_agree() {
-    let reference = &frames(&single(Kind::Ct, ts::EXPLICIT_VR_LE, 2).bytes, &[1], FrameWant::Original)[0];
+    let reference = &frames(
+        &single(Kind::Ct, ts::EXPLICIT_VR_LE, 2).bytes,
+        &[1],
+        FrameWant::Original,
+    )[0];
     assert_eq!(reference.data.len(), 512 * 512 * 2);
     for syntax in [ts::IMPLICIT_VR_LE, ts::DEFLATED_EXPLICIT_VR_LE] {
-        let f = &frames(&single(Kind::Ct, syntax, 2).bytes, &[1], FrameWant::Original)[0];
+        let f = &frames(
+            &single(Kind::Ct, syntax, 2).bytes,
+            &[1],
+            FrameWant::Original,
+        )[0];
         assert!(f.data == reference.data, "{syntax}");
         assert_eq!(f.transfer_syntax.as_deref(), Some(EXPLICIT_LE));
     }
@@ -91,7 +103,11 @@ fn jpeg_original_frames_are_jpeg_bitstreams() {
     let swapped = frames(&us.bytes, &[2, 1], FrameWant::Original);
     assert!(swapped[0].data == fs[1].data && swapped[1].data == fs[0].data);
     // Decoded: RGB samples close to the native original.
-    let native = frames(&single(Kind::Us, ts::EXPLICIT_VR_LE, 4).bytes, &[2], FrameWant::Original);
+    let native = frames(
+        &single(Kind::Us, ts::EXPLICIT_VR_LE, 4).bytes,
+        &[2],
+        FrameWant::Original,
+    );
     let decoded = frames(&us.bytes, &[2], FrameWant::Uncompressed);
     assert_eq!(decoded[0].media_type, "application/octet-stream");
     assert_eq!(decoded[0].data.len(), 640 * 480 * 3);
@@ -116,14 +132,21 @@ fn rle_original_frames_have_rle_headers() {
         for fr in &fs {
             assert_eq!(fr.media_type, "image/x-dicom-rle");
             assert_eq!(fr.transfer_syntax.as_deref(), Some(ts::RLE_LOSSLESS));
-            assert_eq!(u32::from_le_bytes(fr.data[0..4].try_into().unwrap()), segments);
+            assert_eq!(
+                u32::from_le_bytes(fr.data[0..4].try_into().unwrap()),
+                segments
+            );
             assert_eq!(u32::from_le_bytes(fr.data[4..8].try_into().unwrap()), 64);
         }
         if frames_n == 2 {
             assert!(fs[0].data != fs[1].data);
             // Decoded RLE US (stored planar 1) comes out interleaved and
             // equals the native (planar 0) frames.
-            let native = frames(&single(kind, ts::EXPLICIT_VR_LE, 6).bytes, &[1, 2], FrameWant::Original);
+            let native = frames(
+                &single(kind, ts::EXPLICIT_VR_LE, 6).bytes,
+                &[1, 2],
+                FrameWant::Original,
+            );
             let decoded = frames(&f.bytes, &[1, 2], FrameWant::Uncompressed);
             assert!(decoded[0].data == native[0].data && decoded[1].data == native[1].data);
         }

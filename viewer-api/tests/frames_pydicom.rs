@@ -131,8 +131,14 @@ const FILES: &[&str] = &[
 
 /// Files of decodable syntaxes that this build still cannot decode.
 const KNOWN_GAPS: &[(&str, &str)] = &[
-    ("JPEG-lossy.dcm", "12-bit JPEG Extended: jpeg-decoder has no 12-bit DCT"),
-    ("JPGExtended.dcm", "12-bit JPEG Extended: jpeg-decoder has no 12-bit DCT"),
+    (
+        "JPEG-lossy.dcm",
+        "12-bit JPEG Extended: jpeg-decoder has no 12-bit DCT",
+    ),
+    (
+        "JPGExtended.dcm",
+        "12-bit JPEG Extended: jpeg-decoder has no 12-bit DCT",
+    ),
 ];
 
 #[derive(serde::Deserialize)]
@@ -159,22 +165,37 @@ fn original_frames_match_pydicom() {
             .unwrap_or_else(|e| panic!("{name}: {e:?}"));
         assert_eq!(frames.len(), exp.frames.len(), "{name}: frame count");
         for (i, (f, h)) in frames.iter().zip(&exp.frames).enumerate() {
-            assert_eq!(&sha(&f.data), h, "{name}: frame {} differs from pydicom", i + 1);
+            assert_eq!(
+                &sha(&f.data),
+                h,
+                "{name}: frame {} differs from pydicom",
+                i + 1
+            );
             let native = matches!(
                 exp.ts.as_str(),
-                "1.2.840.10008.1.2" | "1.2.840.10008.1.2.1" | "1.2.840.10008.1.2.2" | "1.2.840.10008.1.2.1.99"
+                "1.2.840.10008.1.2"
+                    | "1.2.840.10008.1.2.1"
+                    | "1.2.840.10008.1.2.2"
+                    | "1.2.840.10008.1.2.1.99"
             );
             if native {
                 assert_eq!(f.media_type, "application/octet-stream", "{name}");
                 assert_eq!(f.transfer_syntax.as_deref(), Some("1.2.840.10008.1.2.1"));
             } else {
-                assert_eq!(f.transfer_syntax.as_deref(), Some(exp.ts.as_str()), "{name}");
+                assert_eq!(
+                    f.transfer_syntax.as_deref(),
+                    Some(exp.ts.as_str()),
+                    "{name}"
+                );
             }
         }
         // One past the end is not found.
         let past = exp.frames.len() as u32 + 1;
         assert!(
-            matches!(extract_frames(&bytes, &[past], FrameWant::Original), Err(ApiError::NotFound(_))),
+            matches!(
+                extract_frames(&bytes, &[past], FrameWant::Original),
+                Err(ApiError::NotFound(_))
+            ),
             "{name}"
         );
     }
@@ -266,12 +287,18 @@ fn renderings_agree_across_syntaxes() {
     let png = |name: &str, frame: u32| {
         let mut p = RenderParams::from_query(&[], ImageFormat::Png).unwrap();
         p.frame = frame;
-        image::load_from_memory(&render(&read(&dir, name), &p).unwrap_or_else(|e| panic!("{name}: {e:?}")))
-            .unwrap()
+        image::load_from_memory(
+            &render(&read(&dir, name), &p).unwrap_or_else(|e| panic!("{name}: {e:?}")),
+        )
+        .unwrap()
     };
     let mr = png("MR_small.dcm", 1);
     assert_eq!((mr.width(), mr.height()), (64, 64));
-    for other in ["MR_small_bigendian.dcm", "MR_small_RLE.dcm", "MR_small_implicit.dcm"] {
+    for other in [
+        "MR_small_bigendian.dcm",
+        "MR_small_RLE.dcm",
+        "MR_small_implicit.dcm",
+    ] {
         assert!(png(other, 1) == mr, "{other}");
     }
     let rt = png("rtdose.dcm", 8);

@@ -10,9 +10,7 @@ use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
 use image::{DynamicImage, GenericImageView};
 use pacs_fixtures::{Kind, single, ts};
 use pacs_viewer_api::ApiError;
-use pacs_viewer_api::render::{
-    ImageFormat, RenderParams, VoiFunction, Window, render, thumbnail,
-};
+use pacs_viewer_api::render::{ImageFormat, RenderParams, VoiFunction, Window, render, thumbnail};
 
 fn params(format: ImageFormat) -> RenderParams {
     RenderParams::from_query(&[], format).unwrap()
@@ -54,9 +52,24 @@ fn synthetic(
     let us = |obj: &mut InMemDicomObject, tag, v: u16| {
         obj.put(DataElement::new(tag, VR::US, PrimitiveValue::from(v)));
     };
-    s(&mut obj, tags::SOP_CLASS_UID, VR::UI, "1.2.840.10008.5.1.4.1.1.7");
-    s(&mut obj, tags::SOP_INSTANCE_UID, VR::UI, "1.2.826.0.1.3680043.2.1.99.1");
-    s(&mut obj, tags::PHOTOMETRIC_INTERPRETATION, VR::CS, photometric);
+    s(
+        &mut obj,
+        tags::SOP_CLASS_UID,
+        VR::UI,
+        "1.2.840.10008.5.1.4.1.1.7",
+    );
+    s(
+        &mut obj,
+        tags::SOP_INSTANCE_UID,
+        VR::UI,
+        "1.2.826.0.1.3680043.2.1.99.1",
+    );
+    s(
+        &mut obj,
+        tags::PHOTOMETRIC_INTERPRETATION,
+        VR::CS,
+        photometric,
+    );
     us(&mut obj, tags::SAMPLES_PER_PIXEL, 1);
     us(&mut obj, tags::ROWS, rows);
     us(&mut obj, tags::COLUMNS, cols);
@@ -109,7 +122,9 @@ fn ct_renders_jpeg_and_png_of_the_right_size() {
     assert_eq!(img.color(), image::ColorType::L8);
     // Not a blank image: a windowed CT has dark air and bright tissue.
     let l = img.to_luma8();
-    let (min, max) = l.pixels().fold((255u8, 0u8), |(a, b), p| (a.min(p[0]), b.max(p[0])));
+    let (min, max) = l
+        .pixels()
+        .fold((255u8, 0u8), |(a, b), p| (a.min(p[0]), b.max(p[0])));
     assert!(min < 20 && max > 200, "contrast {min}..{max}");
 }
 
@@ -173,7 +188,12 @@ fn window_changes_the_output() {
     // A lung window shows lung (about -850 HU) brighter than a soft tissue
     // window, which clips it to black: the mean must rise.
     let mean = |i: &image::GrayImage| i.pixels().map(|p| u64::from(p[0])).sum::<u64>() / 512 / 512;
-    assert!(mean(&lung) > mean(&soft), "{} vs {}", mean(&lung), mean(&soft));
+    assert!(
+        mean(&lung) > mean(&soft),
+        "{} vs {}",
+        mean(&lung),
+        mean(&soft)
+    );
 }
 
 #[test]
@@ -211,10 +231,10 @@ fn explicit_window_on_synthetic_values() {
 
 #[test]
 fn monochrome1_is_inverted() {
-    let m2 = decode(&render(&bright_dot("MONOCHROME2"), &params(ImageFormat::Png)).unwrap())
-        .to_luma8();
-    let m1 = decode(&render(&bright_dot("MONOCHROME1"), &params(ImageFormat::Png)).unwrap())
-        .to_luma8();
+    let m2 =
+        decode(&render(&bright_dot("MONOCHROME2"), &params(ImageFormat::Png)).unwrap()).to_luma8();
+    let m1 =
+        decode(&render(&bright_dot("MONOCHROME1"), &params(ImageFormat::Png)).unwrap()).to_luma8();
     assert_eq!(m2.get_pixel(1, 2)[0], 255);
     assert_eq!(m2.get_pixel(0, 0)[0], 0);
     assert_eq!(m1.get_pixel(1, 2)[0], 0, "bright pixel renders dark");
@@ -224,13 +244,31 @@ fn monochrome1_is_inverted() {
 #[test]
 fn viewport_fits_and_keeps_aspect() {
     let cr = single(Kind::Cr, ts::EXPLICIT_VR_LE, 1); // 512x512
-    let img = decode(&render(&cr.bytes, &query(&[("viewport", "100,50")], ImageFormat::Jpeg)).unwrap());
+    let img = decode(
+        &render(
+            &cr.bytes,
+            &query(&[("viewport", "100,50")], ImageFormat::Jpeg),
+        )
+        .unwrap(),
+    );
     assert_eq!(img.dimensions(), (50, 50));
     let us = single(Kind::Us, ts::EXPLICIT_VR_LE, 1); // 640x480
-    let img = decode(&render(&us.bytes, &query(&[("viewport", "320,320")], ImageFormat::Png)).unwrap());
+    let img = decode(
+        &render(
+            &us.bytes,
+            &query(&[("viewport", "320,320")], ImageFormat::Png),
+        )
+        .unwrap(),
+    );
     assert_eq!(img.dimensions(), (320, 240));
     // Enlarging to fit is allowed, never beyond the viewport.
-    let img = decode(&render(&us.bytes, &query(&[("viewport", "1280,2000")], ImageFormat::Png)).unwrap());
+    let img = decode(
+        &render(
+            &us.bytes,
+            &query(&[("viewport", "1280,2000")], ImageFormat::Png),
+        )
+        .unwrap(),
+    );
     assert_eq!(img.dimensions(), (1280, 960));
     // 6-value form: crop 256x128 from (100, 50), fit in 100x100.
     let img = decode(
@@ -248,13 +286,20 @@ fn viewport_crop_takes_the_region() {
     // The crop of the bright dot's row/column keeps the dot; a negative
     // width flips it.
     let f = bright_dot("MONOCHROME2");
-    let img = decode(&render(&f, &query(&[("viewport", "2,2,1,2,2,2")], ImageFormat::Png)).unwrap())
-        .to_luma8();
+    let img =
+        decode(&render(&f, &query(&[("viewport", "2,2,1,2,2,2")], ImageFormat::Png)).unwrap())
+            .to_luma8();
     assert_eq!(img.dimensions(), (2, 2));
     assert_eq!(img.get_pixel(0, 0)[0], 255);
     assert_eq!(img.get_pixel(1, 0)[0], 0);
-    let img = decode(&render(&f, &query(&[("viewport", "2,2,1,2,-2,2")], ImageFormat::Png)).unwrap())
-        .to_luma8();
+    let img = decode(
+        &render(
+            &f,
+            &query(&[("viewport", "2,2,1,2,-2,2")], ImageFormat::Png),
+        )
+        .unwrap(),
+    )
+    .to_luma8();
     assert_eq!(img.get_pixel(1, 0)[0], 255, "flipped horizontally");
     let err = render(&f, &query(&[("viewport", "2,2,9,0,,")], ImageFormat::Png)).unwrap_err();
     assert!(matches!(err, ApiError::BadRequest(_)), "{err:?}");
@@ -356,6 +401,66 @@ fn full_size_radiograph_downscales() {
         ..pacs_fixtures::DatasetSpec::default()
     };
     let cr = spec.iter().find(|f| f.kind == Kind::Cr).unwrap();
-    let img = decode(&render(&cr.bytes, &query(&[("viewport", "256,256")], ImageFormat::Jpeg)).unwrap());
+    let img = decode(
+        &render(
+            &cr.bytes,
+            &query(&[("viewport", "256,256")], ImageFormat::Jpeg),
+        )
+        .unwrap(),
+    );
     assert_eq!(img.dimensions(), (210, 256));
+}
+
+#[test]
+fn enhanced_functional_groups_give_rescale_and_window() {
+    use dicom_core::Length;
+    use dicom_core::value::DataSetSequence;
+    let item = |pairs: &[(dicom_core::Tag, &str)]| {
+        let mut o = InMemDicomObject::new_empty();
+        for (tag, v) in pairs {
+            o.put(DataElement::new(*tag, VR::DS, PrimitiveValue::from(*v)));
+        }
+        o
+    };
+    let group = |seq, inner: InMemDicomObject| {
+        let mut g = InMemDicomObject::new_empty();
+        g.put(DataElement::new(
+            seq,
+            VR::SQ,
+            DataSetSequence::new(vec![inner], Length::UNDEFINED),
+        ));
+        g
+    };
+    let values: [u16; 4] = [999, 1000, 1001, 1002];
+    let px: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let f = synthetic("MONOCHROME2", 16, false, (4, 1), px, |o| {
+        // Per frame: rescale to -1, 0, 1, 2; shared: window 0/2 exact.
+        let per_frame = group(
+            tags::PIXEL_VALUE_TRANSFORMATION_SEQUENCE,
+            item(&[
+                (tags::RESCALE_INTERCEPT, "-1000"),
+                (tags::RESCALE_SLOPE, "1"),
+            ]),
+        );
+        let mut voi = item(&[(tags::WINDOW_CENTER, "0"), (tags::WINDOW_WIDTH, "2")]);
+        voi.put(DataElement::new(
+            tags::VOILUT_FUNCTION,
+            VR::CS,
+            PrimitiveValue::from("LINEAR_EXACT"),
+        ));
+        let shared = group(tags::FRAME_VOILUT_SEQUENCE, voi);
+        for (tag, g) in [
+            (tags::PER_FRAME_FUNCTIONAL_GROUPS_SEQUENCE, per_frame),
+            (tags::SHARED_FUNCTIONAL_GROUPS_SEQUENCE, shared),
+        ] {
+            o.put(DataElement::new(
+                tag,
+                VR::SQ,
+                DataSetSequence::new(vec![g], Length::UNDEFINED),
+            ));
+        }
+    });
+    let img = decode(&render(&f, &params(ImageFormat::Png)).unwrap()).to_luma8();
+    let v: Vec<u8> = img.pixels().map(|p| p[0]).collect();
+    assert_eq!(v, vec![0, 128, 255, 255]);
 }

@@ -52,7 +52,10 @@ fn print_render_times() {
     );
     let t = Instant::now();
     thumbnail(&cr.bytes, 128, ImageFormat::Jpeg).unwrap();
-    println!("CR thumbnail 128: {:.1} ms", t.elapsed().as_secs_f64() * 1e3);
+    println!(
+        "CR thumbnail 128: {:.1} ms",
+        t.elapsed().as_secs_f64() * 1e3
+    );
     let us = single(Kind::Us, ts::JPEG_BASELINE, 1);
     time("US 640x480 JPEG baseline frame", &us.bytes, &jpeg);
 }
@@ -75,7 +78,11 @@ fn dump_renders() {
         ("us_rle", Kind::Us, ts::RLE_LOSSLESS),
     ] {
         let f = single(kind, syntax, 1);
-        std::fs::write(dir.join(format!("{name}.png")), render(&f.bytes, &png).unwrap()).unwrap();
+        std::fs::write(
+            dir.join(format!("{name}.png")),
+            render(&f.bytes, &png).unwrap(),
+        )
+        .unwrap();
     }
     if let Some(samples) = std::env::var_os("PACS_PYDICOM_FILES") {
         let samples = std::path::PathBuf::from(samples);
@@ -88,7 +95,11 @@ fn dump_renders() {
             "SC_rgb_rle_32bit_2frame.dcm",
         ] {
             let bytes = std::fs::read(samples.join(name)).unwrap();
-            std::fs::write(dir.join(format!("{name}.png")), render(&bytes, &png).unwrap()).unwrap();
+            std::fs::write(
+                dir.join(format!("{name}.png")),
+                render(&bytes, &png).unwrap(),
+            )
+            .unwrap();
         }
     }
 }
