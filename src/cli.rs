@@ -231,7 +231,7 @@ async fn serve(
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
     };
-    let gateway = Gateway::new(archive, dicom);
+    let gateway = Gateway::new(archive, dicom).with_index(index.clone());
     let counters = gateway.counters();
     let api = tokio::spawn(pacs_viewer_api::serve(
         state,

@@ -457,16 +457,10 @@ async fn find(
         }
     };
     let cap = gateway.config.max_find_matches;
-    let (sql, binds) = query.catalog_sql();
-    let rows = match gateway
-        .archive
-        .catalog()
-        .select_text_rows(&sql, &binds, cap.saturating_add(1))
-        .await
-    {
-        Ok(rows) => rows,
+    let matches = match find_matches(gateway, &query, cap.saturating_add(1)).await {
+        Ok(m) => m,
         Err(e) => {
-            tracing::warn!(error = %e, "C-FIND: catalog query failed");
+            tracing::warn!(error = %e, "C-FIND: query failed");
             let s = crate::dimse::Status::failure(status::OUT_OF_RESOURCES, "catalog unavailable");
             return send_command(association, pc, &final_response(s)).await;
         }
@@ -478,7 +472,7 @@ async fn find(
         status::PENDING
     };
     let mut sent = 0usize;
-    for row in rows.iter().take(cap) {
+    for index in 0..matches.len().min(cap) {
         // A C-CANCEL may be waiting: look without blocking (receive is
         // cancel-safe, a partly read PDU stays in dicom-ul's buffer).
         if let Ok(Ok(pdu)) =
@@ -494,7 +488,7 @@ async fn find(
             }
             stash.push_back(pdu);
         }
-        let identifier = match find::response_identifier(&query, row) {
+        let identifier = match matches.identifier(&query, index) {
             Ok(i) => i,
             Err(s) => return send_command(association, pc, &final_response(s)).await,
         };
@@ -507,7 +501,7 @@ async fn find(
         send_data(association, pc, &identifier).await?;
         sent += 1;
     }
-    let done = if rows.len() > cap {
+    let done = if matches.len() > cap {
         crate::dimse::Status::failure(
             status::OUT_OF_RESOURCES,
             format!("more than {cap} matches; narrow the query"),
@@ -521,8 +515,102 @@ async fn find(
         .iter()
         .map(|c| c.attribute.keyword)
         .collect();
-    tracing::info!(level = ?query.level(), keys = ?matched, matches = sent, status = format_args!("{:#06X}", done.code), "C-FIND");
+    let source = match matches {
+        Matches::Rows(_) => "catalog",
+        Matches::Studies(_) => "index",
+    };
+    tracing::info!(level = ?query.level(), keys = ?matched, matches = sent, source, status = format_args!("{:#06X}", done.code), "C-FIND");
     send_command(association, pc, &final_response(done)).await
+}
+
+/// What a C-FIND matched: catalog rows, or studies from the index.
+enum Matches {
+    Rows(Vec<Vec<Option<String>>>),
+    Studies(Vec<pacs_indexer::StudyDoc>),
+}
+
+impl Matches {
+    fn len(&self) -> usize {
+        match self {
+            Matches::Rows(r) => r.len(),
+            Matches::Studies(s) => s.len(),
+        }
+    }
+
+    fn identifier(
+        &self,
+        query: &crate::services::find::FindQuery,
+        index: usize,
+    ) -> Result<Vec<u8>, crate::dimse::Status> {
+        match self {
+            Matches::Rows(rows) => crate::services::find::response_identifier(query, &rows[index]),
+            Matches::Studies(docs) => {
+                query.identifier_with(|a| study_value(&docs[index], a).flatten())
+            }
+        }
+    }
+}
+
+/// The value of a study-level attribute from the index: `None` when the
+/// index does not hold the attribute, `Some(None)` when it is empty.
+fn study_value(
+    doc: &pacs_indexer::StudyDoc,
+    attribute: &pacs_archive::query::Attribute,
+) -> Option<Option<String>> {
+    let v = |o: &Option<String>| Some(o.clone());
+    match attribute.keyword {
+        "StudyInstanceUID" => Some(Some(doc.study_instance_uid.clone())),
+        "PatientName" => v(&doc.patient_name),
+        "PatientID" => v(&doc.patient_id),
+        "IssuerOfPatientID" => v(&doc.issuer_of_patient_id),
+        "PatientBirthDate" => v(&doc.patient_birth_date),
+        "PatientSex" => v(&doc.patient_sex),
+        "StudyDate" => v(&doc.study_date),
+        "StudyTime" => v(&doc.study_time),
+        "AccessionNumber" => v(&doc.accession_number),
+        "StudyID" => v(&doc.study_id),
+        "StudyDescription" => v(&doc.study_description),
+        "ReferringPhysicianName" => v(&doc.referring_physician_name),
+        "ModalitiesInStudy" => Some((!doc.modalities.is_empty()).then(|| doc.modalities.join(","))),
+        "NumberOfStudyRelatedSeries" => Some(Some(doc.number_of_series.to_string())),
+        "NumberOfStudyRelatedInstances" => Some(Some(doc.number_of_instances.to_string())),
+        _ => None,
+    }
+}
+
+/// Run a C-FIND: a study-level query the index can answer (every key and
+/// every returned attribute held by it) goes to the index, the rest to the
+/// catalog.
+async fn find_matches(
+    gateway: &Gateway,
+    query: &crate::services::find::FindQuery,
+    limit: usize,
+) -> Result<Matches, String> {
+    use pacs_archive::query::Level;
+    if let Some(index) = &gateway.index
+        && query.level() == Level::Study
+        && pacs_indexer::can_answer(query.query())
+        && query
+            .returned()
+            .iter()
+            .all(|a| study_value(&pacs_indexer::StudyDoc::default(), a).is_some())
+    {
+        let index = index.clone();
+        let q = query.query().clone();
+        let page = tokio::task::spawn_blocking(move || index.search(&q, limit, 0))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+        return Ok(Matches::Studies(page.studies));
+    }
+    let (sql, binds) = query.catalog_sql();
+    gateway
+        .archive
+        .catalog()
+        .select_text_rows(&sql, &binds, limit)
+        .await
+        .map(Matches::Rows)
+        .map_err(|e| e.to_string())
 }
 
 /// Answer a C-GET (PS3.4 C.4.3): every selected instance goes back as a

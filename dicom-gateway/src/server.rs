@@ -32,6 +32,8 @@ pub struct Gateway {
     pub(crate) archive: Archive,
     pub(crate) config: Arc<GatewayConfig>,
     pub(crate) counters: Arc<GatewayCounters>,
+    /// The study index: study-level C-FIND is answered from it when set.
+    pub(crate) index: Option<Arc<pacs_indexer::StudyIndex>>,
 }
 
 impl Gateway {
@@ -40,7 +42,15 @@ impl Gateway {
             archive,
             config: Arc::new(config),
             counters: Arc::new(GatewayCounters::default()),
+            index: None,
         }
+    }
+
+    /// Answer study-level C-FIND from the search index (the same matching
+    /// as QIDO-RS) instead of the catalog.
+    pub fn with_index(mut self, index: Arc<pacs_indexer::StudyIndex>) -> Self {
+        self.index = Some(index);
+        self
     }
 
     pub fn counters(&self) -> Arc<GatewayCounters> {

@@ -19,6 +19,7 @@ async fn store_all(server: &Server, files: &[FixtureFile]) {
         assert_eq!(rsp.us(tag::STATUS), Some(0));
         scu.association.release().await.unwrap();
     }
+    server.indexed().await;
 }
 
 fn text(object: &dicom_object::DefaultDicomObject, t: Tag) -> String {

@@ -18,7 +18,9 @@
 //!   JPEG 2000 SOC, JPEG XL signature); otherwise `CannotRender`. Video
 //!   syntaxes (MPEG-2, H.264, H.265) answer the whole stream as one part.
 //! - Encapsulated syntaxes with [`FrameWant::Uncompressed`]: the frame
-//!   decoded with dicom-pixeldata to native little-endian samples
+//!   decoded (RLE by this module's own decoder, any sample size; the others
+//!   by dicom-pixeldata, given a one-frame object) to native little-endian
+//!   samples
 //!   (interleaved, not rescaled, not windowed; JPEG colour frames come out
 //!   as RGB, as the JPEG decoder converts them), `CannotRender` when this
 //!   build has no decoder for the syntax (see [`can_decode`]).
@@ -334,6 +336,9 @@ pub(crate) struct Instance {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Span {
     pub fragments: std::ops::Range<usize>,
+    /// Bytes to skip at the start of the fragments' concatenation (frames
+    /// found inside a fragment).
+    pub skip: usize,
     pub len: Option<usize>,
 }
 
@@ -491,6 +496,7 @@ impl Instance {
             return Ok((0..frames)
                 .map(|i| Span {
                     fragments: i..i + 1,
+                    skip: 0,
                     len: None,
                 })
                 .collect());
@@ -498,6 +504,7 @@ impl Instance {
         if frames == 1 && !fragments.is_empty() {
             return Ok(vec![Span {
                 fragments: 0..fragments.len(),
+                skip: 0,
                 len: None,
             }]);
         }
@@ -513,9 +520,13 @@ impl Instance {
                 .enumerate()
                 .map(|(k, &s)| Span {
                     fragments: s..starts.get(k + 1).copied().unwrap_or(fragments.len()),
+                    skip: 0,
                     len: None,
                 })
                 .collect());
+        }
+        if let Some(spans) = jpeg_frames_in_stream(fragments, frames, &self.info.ts) {
+            return Ok(spans);
         }
         Err(ApiError::CannotRender(format!(
             "cannot locate the frames in {} fragments of {frames} frames (no offset table)",
@@ -526,23 +537,27 @@ impl Instance {
     /// The compressed bitstream of one frame.
     pub fn bitstream(&self, span: &Span) -> Cow<'_, [u8]> {
         let fragments = &self.fragments()[span.fragments.clone()];
-        let mut data: Cow<'_, [u8]> = if fragments.len() == 1 {
-            Cow::Borrowed(&fragments[0])
-        } else {
-            Cow::Owned(fragments.iter().flatten().copied().collect())
-        };
-        if let Some(len) = span.len
-            && len < data.len()
-        {
-            data = match data {
-                Cow::Borrowed(b) => Cow::Borrowed(&b[..len]),
-                Cow::Owned(mut v) => {
-                    v.truncate(len);
-                    Cow::Owned(v)
-                }
-            };
+        let total: usize = fragments.iter().map(Vec::len).sum();
+        let start = span.skip.min(total);
+        let end = span.len.map_or(total, |l| (start + l).min(total));
+        if let [one] = fragments {
+            return Cow::Borrowed(&one[start..end]);
         }
-        data
+        // Copy only the part of the fragments inside start..end.
+        let mut out = Vec::with_capacity(end - start);
+        let mut pos = 0;
+        for f in fragments {
+            let (a, b) = (pos, pos + f.len());
+            pos = b;
+            if b <= start {
+                continue;
+            }
+            if a >= end {
+                break;
+            }
+            out.extend_from_slice(&f[start.max(a) - a..end.min(b) - a]);
+        }
+        Cow::Owned(out)
     }
 
     /// Decode one encapsulated frame to native little-endian interleaved
@@ -626,6 +641,47 @@ impl Instance {
         let offsets = read(tags::EXTENDED_OFFSET_TABLE)?;
         Some((offsets, read(tags::EXTENDED_OFFSET_TABLE_LENGTHS)))
     }
+}
+
+/// JPEG / JPEG-LS frames that share fragments (several frames in one
+/// fragment, no offset table): cut the fragments' concatenation before
+/// each SOI that starts the stream or follows an EOI (and padding).
+fn jpeg_frames_in_stream(fragments: &[Vec<u8>], frames: usize, ts: &str) -> Option<Vec<Span>> {
+    if !matches!(
+        classify(ts),
+        Syntax::Encapsulated("image/jpeg" | "image/jls")
+    ) {
+        return None;
+    }
+    let stream: Vec<u8> = fragments.iter().flatten().copied().collect();
+    let mut starts = Vec::with_capacity(frames);
+    let mut i = 0;
+    while i + 3 <= stream.len() {
+        if stream[i..i + 3] == [0xFF, 0xD8, 0xFF] {
+            let mut k = i;
+            while k > 0 && stream[k - 1] == 0 {
+                k -= 1;
+            }
+            if i == 0 || (k >= 2 && stream[k - 2..k] == [0xFF, 0xD9]) {
+                starts.push(i);
+            }
+        }
+        i += 1;
+    }
+    if starts.len() != frames || starts.first() != Some(&0) {
+        return None;
+    }
+    Some(
+        starts
+            .iter()
+            .enumerate()
+            .map(|(k, &s)| Span {
+                fragments: 0..fragments.len(),
+                skip: s,
+                len: starts.get(k + 1).map(|&next| next - s),
+            })
+            .collect(),
+    )
 }
 
 const RLE_LOSSLESS: &str = "1.2.840.10008.1.2.5";
@@ -728,6 +784,7 @@ fn spans_from_offsets(positions: &[u64], offsets: &[u64], frames: usize) -> Opti
             .enumerate()
             .map(|(k, &s)| Span {
                 fragments: s..starts.get(k + 1).copied().unwrap_or(positions.len()),
+                skip: 0,
                 len: None,
             })
             .collect(),

@@ -179,3 +179,41 @@ fn out_of_range_and_missing_pixel_data() {
         ));
     }
 }
+
+/// The US JPEG fixture rewritten with both frames in one fragment and no
+/// offset table.
+fn jpeg_frames_in_one_fragment() -> Vec<u8> {
+    use dicom_core::value::{PixelFragmentSequence, Value};
+    use dicom_core::{DataElement, VR};
+    use dicom_dictionary_std::tags;
+    let us = single(Kind::Us, ts::JPEG_BASELINE, 4);
+    let mut obj = dicom_object::OpenFileOptions::new()
+        .from_reader(&us.bytes[..])
+        .unwrap();
+    let Value::PixelSequence(seq) = obj.get(tags::PIXEL_DATA).unwrap().value().clone() else {
+        panic!("encapsulated")
+    };
+    assert_eq!(seq.fragments().len(), 2);
+    let joined: Vec<u8> = seq.fragments().iter().flatten().copied().collect();
+    obj.put(DataElement::new(
+        tags::PIXEL_DATA,
+        VR::OB,
+        PixelFragmentSequence::new_fragments(vec![joined]),
+    ));
+    let mut out = Vec::new();
+    obj.write_all(&mut out).unwrap();
+    out
+}
+
+#[test]
+fn jpeg_frames_sharing_one_fragment_are_split_at_soi() {
+    let one = jpeg_frames_in_one_fragment();
+    let us = single(Kind::Us, ts::JPEG_BASELINE, 4);
+    let expected = frames(&us.bytes, &[1, 2], FrameWant::Original);
+    let got = frames(&one, &[1, 2], FrameWant::Original);
+    assert!(got[0].data == expected[0].data, "frame 1");
+    assert!(got[1].data == expected[1].data, "frame 2");
+    let decoded = frames(&one, &[2], FrameWant::Uncompressed);
+    let reference = frames(&us.bytes, &[2], FrameWant::Uncompressed);
+    assert!(decoded[0].data == reference[0].data);
+}

@@ -464,3 +464,28 @@ fn enhanced_functional_groups_give_rescale_and_window() {
     let v: Vec<u8> = img.pixels().map(|p| p[0]).collect();
     assert_eq!(v, vec![0, 128, 255, 255]);
 }
+
+#[test]
+fn colour_jpeg_frame_two_of_one_fragment_renders() {
+    use dicom_core::value::{PixelFragmentSequence, Value};
+    let us = single(Kind::Us, ts::JPEG_BASELINE, 4);
+    let mut obj = dicom_object::OpenFileOptions::new()
+        .from_reader(&us.bytes[..])
+        .unwrap();
+    let Value::PixelSequence(seq) = obj.get(tags::PIXEL_DATA).unwrap().value().clone() else {
+        panic!("encapsulated")
+    };
+    let joined: Vec<u8> = seq.fragments().iter().flatten().copied().collect();
+    obj.put(DataElement::new(
+        tags::PIXEL_DATA,
+        VR::OB,
+        PixelFragmentSequence::new_fragments(vec![joined]),
+    ));
+    let mut one = Vec::new();
+    obj.write_all(&mut one).unwrap();
+    let mut p = params(ImageFormat::Png);
+    p.frame = 2;
+    let a = decode(&render(&one, &p).unwrap()).to_rgb8();
+    let b = decode(&render(&us.bytes, &p).unwrap()).to_rgb8();
+    assert!(a == b);
+}

@@ -29,6 +29,8 @@ pub struct Server {
     pub addr: SocketAddr,
     pub archive: Archive,
     pub counters: Arc<GatewayCounters>,
+    /// The study index the gateway answers study-level C-FIND from.
+    pub index: Arc<pacs_indexer::StudyIndex>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<(), GatewayError>>>,
     _dir: tempfile::TempDir,
@@ -62,7 +64,9 @@ impl Server {
         tune(&mut config);
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let gateway = Gateway::new(archive.clone(), config);
+        let index = pacs_indexer::StudyIndex::open(&dir.path().join("index")).unwrap();
+        index.spawn_follower(archive.catalog().clone());
+        let gateway = Gateway::new(archive.clone(), config).with_index(index.clone());
         let counters = gateway.counters();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(gateway.serve(listener, async {
@@ -72,6 +76,7 @@ impl Server {
             addr,
             archive,
             counters,
+            index,
             stop: Some(stop),
             task: Some(task),
             _dir: dir,
@@ -98,6 +103,19 @@ impl Server {
                 .expect("shutdown timed out")
                 .unwrap()
                 .unwrap();
+        }
+    }
+
+    /// Wait (bounded) until the study index has every stored change.
+    pub async fn indexed(&self) {
+        let newest = self.archive.catalog().last_change_seq().await.unwrap();
+        let deadline = tokio::time::Instant::now() + TIMEOUT;
+        while self.index.indexed_seq() < newest {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "index did not catch up"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
     }
 
