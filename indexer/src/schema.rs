@@ -10,7 +10,7 @@ use crate::fold::{fold, name_tokens, name_values, normalize_date, normalize_time
 
 /// Bump whenever the schema or what is indexed into it changes: an index
 /// with another version is wiped on open and rebuilt by the next catch-up.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// The fields of the study index.
 #[derive(Debug, Clone)]
