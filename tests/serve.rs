@@ -26,6 +26,7 @@ fn dcmtk() -> bool {
 struct Serve {
     child: Child,
     port: u16,
+    http_port: u16,
     log: mpsc::Receiver<String>,
 }
 
@@ -34,8 +35,10 @@ fn start(data: &Path) -> Serve {
     let mut child = Command::new(env!("CARGO_BIN_EXE_pacs"))
         .args(["--data-dir"])
         .arg(data)
-        .args(["serve", "--dicom-port", "0", "--ae-title", "TESTPACS"])
+        .args(["serve", "--dicom-port", "0", "--http-port", "0"])
+        .args(["--ae-title", "TESTPACS"])
         .env("PACS_DICOM__LISTEN_ADDRESS", "127.0.0.1")
+        .env("PACS_HTTP__LISTEN_ADDRESS", "127.0.0.1")
         .env("PACS_DICOM__ACCEPT_ANY_CALLING_AE", "true")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -51,15 +54,24 @@ fn start(data: &Path) -> Serve {
             }
         }
     });
-    let port = loop {
+    let (port, http_port) = loop {
         let line = rx.recv_timeout(TIMEOUT).expect("pacs serve did not start");
         if let Some(rest) = line.strip_prefix("pacs serve: DICOM on 127.0.0.1:") {
-            break rest.split(' ').next().unwrap().parse().unwrap();
+            let dicom = rest.split(' ').next().unwrap().parse().unwrap();
+            let http = rest
+                .split("HTTP on 127.0.0.1:")
+                .nth(1)
+                .and_then(|r| r.split(' ').next())
+                .expect("the HTTP address is announced")
+                .parse()
+                .unwrap();
+            break (dicom, http);
         }
     };
     Serve {
         child,
         port,
+        http_port,
         log: rx,
     }
 }
@@ -257,4 +269,117 @@ fn sigkill_during_stores_loses_no_acknowledged_instance() {
             "{uid} was acknowledged but is not in the archive"
         );
     }
+}
+
+/// A GET with a bearer token; the status and the body.
+fn http_get(port: u16, token: &str, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(TIMEOUT)).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = Vec::new();
+    s.read_to_end(&mut answer).unwrap();
+    let text = String::from_utf8_lossy(&answer).into_owned();
+    let status = text[9..12].parse().unwrap();
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or("").to_owned();
+    (status, body)
+}
+
+/// One STOW-RS request of one object over a fresh connection; the HTTP
+/// status, or `None` when the connection failed (the server was killed).
+fn stow_one(port: u16, token: &str, part10: &[u8]) -> Option<u16> {
+    use std::io::{Read, Write};
+    let mut body = Vec::with_capacity(part10.len() + 200);
+    body.extend_from_slice(b"--b0undary\r\nContent-Type: application/dicom\r\n\r\n");
+    body.extend_from_slice(part10);
+    body.extend_from_slice(b"\r\n--b0undary--\r\n");
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(TIMEOUT)).ok()?;
+    let head = format!(
+        "POST /dicom-web/studies HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\n\
+         Content-Type: multipart/related; type=\"application/dicom\"; boundary=b0undary\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).ok()?;
+    s.write_all(&body).ok()?;
+    let mut answer = Vec::new();
+    s.read_to_end(&mut answer).ok()?;
+    let text = String::from_utf8_lossy(&answer);
+    text.strip_prefix("HTTP/1.1 ")?.get(..3)?.parse().ok()
+}
+
+#[test]
+fn sigkill_during_stow_loses_no_acknowledged_instance() {
+    let work = tempfile::tempdir().unwrap();
+    let data = work.path().join("data");
+    let (ok, token) = pacs(
+        &data,
+        &["token", "issue", "--role", "clinician", "--name", "t"],
+    );
+    assert!(ok, "{token}");
+    let token = token.trim().to_owned();
+    let files: Vec<FixtureFile> = DatasetSpec::small().iter().collect();
+    let mut serve = start(&data);
+    let (acked_tx, acked_rx) = mpsc::channel::<String>();
+    let mut senders = Vec::new();
+    for k in 0..3 {
+        let share: Vec<FixtureFile> = files.iter().skip(k).step_by(3).cloned().collect();
+        let (port, token, acked) = (serve.http_port, token.clone(), acked_tx.clone());
+        senders.push(std::thread::spawn(move || {
+            for f in share {
+                match stow_one(port, &token, &f.bytes) {
+                    Some(200) => acked.send(f.sop_instance_uid.clone()).unwrap(),
+                    Some(status) => panic!("STOW of {} answered {status}", f.file_name),
+                    None => return,
+                }
+            }
+        }));
+    }
+    drop(acked_tx);
+    // Kill as soon as one STOW has been acknowledged.
+    let first = acked_rx
+        .recv_timeout(TIMEOUT)
+        .expect("no STOW was acknowledged");
+    signal(&serve.child, "KILL");
+    wait(&mut serve.child);
+    for s in senders {
+        s.join().unwrap();
+    }
+    let mut acknowledged = vec![first];
+    acknowledged.extend(acked_rx.try_iter());
+    let (ok, out) = pacs(&data, &["verify"]);
+    assert!(ok, "{out}");
+    let export = work.path().join("export");
+    let (ok, out) = pacs(&data, &["export", "--out", export.to_str().unwrap()]);
+    assert!(ok, "{out}");
+    for uid in &acknowledged {
+        assert!(
+            export.join(format!("{uid}.dcm")).is_file(),
+            "{uid} was acknowledged by STOW-RS but is not in the archive"
+        );
+    }
+    // After a restart the search index has caught up with them too.
+    let serve = start(&data);
+    for uid in &acknowledged {
+        let f = files.iter().find(|f| &f.sop_instance_uid == uid).unwrap();
+        let (status, body) = http_get(
+            serve.http_port,
+            &token,
+            &format!(
+                "/dicom-web/studies?StudyInstanceUID={}",
+                f.study_instance_uid
+            ),
+        );
+        assert_eq!(status, 200, "{body}");
+        assert!(
+            body.contains(&f.study_instance_uid),
+            "{uid}: study not found: {body}"
+        );
+    }
+    drop(serve);
 }
