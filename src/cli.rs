@@ -14,6 +14,7 @@ use pacs_archive::catalog::TokenRole;
 use pacs_archive::{Archive, IngestReceipt, IngestSource};
 use pacs_dicom_gateway::{Gateway, GatewayConfig};
 use pacs_indexer::StudyIndex;
+use pacs_viewer_api::metrics::Sample;
 use pacs_viewer_api::{AppState, HttpConfig};
 
 use crate::config::PacsConfig;
@@ -233,6 +234,60 @@ async fn serve(
     };
     let gateway = Gateway::new(archive, dicom).with_index(index.clone());
     let counters = gateway.counters();
+    let reported = counters.clone();
+    state.metrics().register_source(move || {
+        let c = reported.snapshot();
+        let counter = |name, help, value| Sample {
+            name,
+            help,
+            value,
+            gauge: false,
+        };
+        vec![
+            counter(
+                "pacs_dicom_associations_accepted",
+                "DICOM associations accepted",
+                c.associations_accepted,
+            ),
+            counter(
+                "pacs_dicom_associations_rejected",
+                "DICOM associations rejected",
+                c.associations_rejected,
+            ),
+            counter(
+                "pacs_dicom_associations_aborted",
+                "DICOM associations aborted",
+                c.associations_aborted,
+            ),
+            Sample {
+                name: "pacs_dicom_associations_active",
+                help: "DICOM associations open now",
+                value: c.associations_active,
+                gauge: true,
+            },
+            counter("pacs_dicom_echoes", "C-ECHO requests answered", c.echoes),
+            counter(
+                "pacs_dicom_instances_stored",
+                "Instances stored through C-STORE",
+                c.instances_stored,
+            ),
+            counter(
+                "pacs_dicom_instances_duplicate",
+                "Identical instances received again through C-STORE",
+                c.instances_duplicate,
+            ),
+            counter(
+                "pacs_dicom_store_failures",
+                "C-STOREs answered with a failure status",
+                c.store_failures,
+            ),
+            counter(
+                "pacs_dicom_received_bytes",
+                "Data set bytes received through C-STORE",
+                c.bytes_received,
+            ),
+        ]
+    });
     let api = tokio::spawn(pacs_viewer_api::serve(
         state,
         http_listener,

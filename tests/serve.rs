@@ -160,9 +160,21 @@ fn serve_stores_then_stops_gracefully_on_sigterm() {
     for (i, f) in files.iter().enumerate() {
         std::fs::write(input.join(format!("{i}.dcm")), &f.bytes).unwrap();
     }
+    let (ok, token) = pacs(&data, &["token", "issue", "--role", "admin", "--name", "ops"]);
+    assert!(ok, "{token}");
     let mut serve = start(&data);
     let (ok, out) = storescu(serve.port, &["-xe", "+sd"], &[input.to_str().unwrap()]);
     assert!(ok, "{out}");
+    // The operator's view: gateway and ingest counters in the metrics.
+    let (status, metrics) = http_get(serve.http_port, token.trim(), "/metrics");
+    assert_eq!(status, 200, "{metrics}");
+    for line in [
+        format!("pacs_dicom_instances_stored_total {}", files.len()),
+        format!("pacs_ingest_stored_total {}", files.len()),
+        "pacs_dicom_associations_active 0".to_owned(),
+    ] {
+        assert!(metrics.contains(&line), "{line} not in {metrics}");
+    }
     signal(&serve.child, "TERM");
     let status = wait(&mut serve.child);
     assert!(status.success(), "{status:?}");

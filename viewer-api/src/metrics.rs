@@ -100,6 +100,47 @@ impl Collector for ArchiveCollector {
     }
 }
 
+/// One value another part of the process reports at each scrape.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sample {
+    pub name: &'static str,
+    pub help: &'static str,
+    pub value: u64,
+    /// A gauge (goes up and down) rather than a monotonic counter.
+    pub gauge: bool,
+}
+
+type SampleSource = Box<dyn Fn() -> Vec<Sample> + Send + Sync>;
+
+/// Samples of another part of the process (the DICOM gateway), read at each
+/// scrape.
+struct SourceCollector(SampleSource);
+
+impl std::fmt::Debug for SourceCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SourceCollector")
+    }
+}
+
+impl Collector for SourceCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        for s in (self.0)() {
+            if s.gauge {
+                let gauge = ConstGauge::new(i64::try_from(s.value).unwrap_or(i64::MAX));
+                let metric =
+                    encoder.encode_descriptor(s.name, s.help, None, gauge.metric_type())?;
+                gauge.encode(metric)?;
+            } else {
+                let counter = ConstCounter::new(s.value);
+                let metric =
+                    encoder.encode_descriptor(s.name, s.help, None, counter.metric_type())?;
+                counter.encode(metric)?;
+            }
+        }
+        Ok(())
+    }
+}
+
 impl Metrics {
     pub fn new(archive: &Archive) -> Self {
         let mut registry = Registry::default();
@@ -130,12 +171,12 @@ impl Metrics {
         }
     }
 
-    /// Add a collector of another part of the process.
-    pub fn register_collector(&self, collector: Box<dyn Collector>) {
+    /// Report the samples of another part of the process at each scrape.
+    pub fn register_source(&self, source: impl Fn() -> Vec<Sample> + Send + Sync + 'static) {
         self.registry
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .register_collector(collector);
+            .register_collector(Box::new(SourceCollector(Box::new(source))));
     }
 
     pub fn set_index_lag(&self, lag: i64) {
