@@ -17,6 +17,9 @@ pub enum ApiError {
     /// A malformed request: query parameter, header, body (400).
     #[error("bad request: {0}")]
     BadRequest(String),
+    /// The resource exists but not with this method (405).
+    #[error("method not allowed: {0}")]
+    MethodNotAllowed(String),
     /// Nothing the client accepts can be produced (406).
     #[error("not acceptable: {0}")]
     NotAcceptable(String),
@@ -45,6 +48,7 @@ impl ApiError {
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::NotAcceptable(_) => StatusCode::NOT_ACCEPTABLE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,

@@ -255,6 +255,18 @@ async fn every_route_needs_a_valid_token_and_the_right_role() {
     assert!(text.contains("pacs_http_requests_total{"), "{text}");
     assert!(text.contains("pacs_index_lag_changes"), "{text}");
 
+    // A known resource with a method it does not take is a JSON 405.
+    let a = h
+        .send(
+            Request::delete("/dicom-web/studies")
+                .header(header::AUTHORIZATION, format!("Bearer {}", h.admin))
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(a.json()["status"], 405);
+
     // An unknown path is a JSON 404.
     let a = h.get("/nothing/here", None).await;
     assert_eq!(a.status, StatusCode::NOT_FOUND);
