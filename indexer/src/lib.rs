@@ -37,25 +37,9 @@ pub enum IndexError {
 }
 
 /// One study as the index knows it: what a study-level QIDO or C-FIND
-/// answer returns without touching the catalog.
-#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct StudyDoc {
-    pub study_instance_uid: String,
-    pub patient_name: Option<String>,
-    pub patient_id: Option<String>,
-    pub issuer_of_patient_id: Option<String>,
-    pub patient_birth_date: Option<String>,
-    pub patient_sex: Option<String>,
-    pub study_date: Option<String>,
-    pub study_time: Option<String>,
-    pub accession_number: Option<String>,
-    pub study_id: Option<String>,
-    pub study_description: Option<String>,
-    pub referring_physician_name: Option<String>,
-    pub modalities: Vec<String>,
-    pub number_of_series: u64,
-    pub number_of_instances: u64,
-}
+/// answer returns without touching the catalog (the catalog's own record,
+/// with empty values as `None`).
+pub use pacs_archive::catalog::StudyRecord as StudyDoc;
 
 /// One page of a study search.
 #[derive(Debug, Clone, Default)]

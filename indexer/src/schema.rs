@@ -92,8 +92,8 @@ pub fn study_doc(r: &StudyRecord) -> StudyDoc {
         study_description: clean(&r.study_description),
         referring_physician_name: clean(&r.referring_physician_name),
         modalities: r.modalities.clone(),
-        number_of_series: r.number_of_series.max(0) as u64,
-        number_of_instances: r.number_of_instances.max(0) as u64,
+        number_of_series: r.number_of_series,
+        number_of_instances: r.number_of_instances,
     }
 }
 

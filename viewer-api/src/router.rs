@@ -16,48 +16,31 @@ use crate::state::AppState;
 
 /// The DICOMweb routes, relative to `/dicom-web`.
 fn dicomweb() -> Router<AppState> {
-    const I: &str = "/studies/{study}/series/{series}/instances/{instance}";
-    Router::new()
-        .route("/studies", get(qido::studies).post(stow::store_studies))
+    const STUDY: &str = "/studies/{study}";
+    const SERIES: &str = "/studies/{study}/series/{series}";
+    const INSTANCE: &str = "/studies/{study}/series/{series}/instances/{instance}";
+    const FRAMES: &str = "/studies/{study}/series/{series}/instances/{instance}/frames/{frames}";
+    let mut r = Router::new()
+        .route("/studies", get(qido::studies).post(stow::store))
         .route("/series", get(qido::series))
         .route("/instances", get(qido::instances))
-        .route("/studies/{study}", get(wado::study).post(stow::store_study))
-        .route("/studies/{study}/metadata", get(wado::study_metadata))
-        .route("/studies/{study}/rendered", get(wado::study_rendered))
-        .route("/studies/{study}/thumbnail", get(wado::study_thumbnail))
-        .route("/studies/{study}/series", get(qido::study_series))
-        .route("/studies/{study}/instances", get(qido::study_instances))
-        .route("/studies/{study}/series/{series}", get(wado::series))
-        .route(
-            "/studies/{study}/series/{series}/metadata",
-            get(wado::series_metadata),
-        )
-        .route(
-            "/studies/{study}/series/{series}/rendered",
-            get(wado::series_rendered),
-        )
-        .route(
-            "/studies/{study}/series/{series}/thumbnail",
-            get(wado::series_thumbnail),
-        )
-        .route(
-            "/studies/{study}/series/{series}/instances",
-            get(qido::series_instances),
-        )
-        .route(I, get(wado::instance))
-        .route(&format!("{I}/metadata"), get(wado::instance_metadata))
-        .route(&format!("{I}/rendered"), get(wado::instance_rendered))
-        .route(&format!("{I}/thumbnail"), get(wado::instance_thumbnail))
-        .route(&format!("{I}/frames/{{frames}}"), get(wado::frames))
-        .route(
-            &format!("{I}/frames/{{frames}}/rendered"),
-            get(wado::frame_rendered),
-        )
-        .route(
-            &format!("{I}/frames/{{frames}}/thumbnail"),
-            get(wado::frame_thumbnail),
-        )
-        .route(&format!("{I}/bulkdata/{{tag}}"), get(wado::bulkdata))
+        .route(STUDY, get(wado::instances).post(stow::store))
+        .route(&format!("{STUDY}/series"), get(qido::series))
+        .route(&format!("{STUDY}/instances"), get(qido::instances))
+        .route(&format!("{SERIES}/instances"), get(qido::instances))
+        .route(SERIES, get(wado::instances))
+        .route(INSTANCE, get(wado::instances))
+        .route(&format!("{INSTANCE}/frames/{{frames}}"), get(wado::frames))
+        .route(&format!("{INSTANCE}/bulkdata/{{tag}}"), get(wado::bulkdata));
+    for level in [STUDY, SERIES, INSTANCE] {
+        r = r.route(&format!("{level}/metadata"), get(wado::metadata_of));
+    }
+    for level in [STUDY, SERIES, INSTANCE, FRAMES] {
+        r = r
+            .route(&format!("{level}/rendered"), get(wado::rendered_of))
+            .route(&format!("{level}/thumbnail"), get(wado::thumbnail_of));
+    }
+    r
 }
 
 async fn healthz() -> &'static str {

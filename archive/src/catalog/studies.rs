@@ -10,7 +10,8 @@ use crate::error::ArchiveError;
 
 /// One study as the catalog knows it, with its patient's attributes, the
 /// distinct modalities of its series and its series and instance counts.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// The search index stores and returns the same record.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct StudyRecord {
     pub study_instance_uid: String,
     pub patient_name: Option<String>,
@@ -26,8 +27,8 @@ pub struct StudyRecord {
     pub referring_physician_name: Option<String>,
     /// Distinct modalities of the study's series, sorted.
     pub modalities: Vec<String>,
-    pub number_of_series: i64,
-    pub number_of_instances: i64,
+    pub number_of_series: u64,
+    pub number_of_instances: u64,
 }
 
 /// Most UIDs bound in one `IN (...)` list.
@@ -78,8 +79,8 @@ impl Catalog {
                     study_description: row.try_get(10)?,
                     referring_physician_name: row.try_get(11)?,
                     modalities: Vec::new(),
-                    number_of_series: row.try_get(12)?,
-                    number_of_instances: row.try_get(13)?,
+                    number_of_series: row.try_get::<i64, _>(12)?.max(0) as u64,
+                    number_of_instances: row.try_get::<i64, _>(13)?.max(0) as u64,
                 };
                 by_uid.insert(record.study_instance_uid.clone(), records.len());
                 records.push(record);

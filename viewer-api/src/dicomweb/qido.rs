@@ -5,6 +5,8 @@
 //! (falling back to the catalog for keys the index does not hold); series
 //! and instance searches go to the catalog.
 
+use std::collections::HashMap;
+
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
@@ -529,6 +531,16 @@ async fn run(
     answer(&headers, raw.as_deref(), result)
 }
 
+/// The study and series UIDs of a search's path, if any.
+fn path_scope(path: Option<Path<HashMap<String, String>>>) -> PathScope {
+    let mut p = path.map(|Path(p)| p).unwrap_or_default();
+    PathScope {
+        study: p.remove("study"),
+        series: p.remove("series"),
+    }
+}
+
+/// `/studies`.
 pub async fn studies(
     State(state): State<AppState>,
     Extension(who): Extension<Principal>,
@@ -538,72 +550,27 @@ pub async fn studies(
     run(state, who, headers, raw, Level::Study, PathScope::default()).await
 }
 
+/// `/series` and `/studies/{study}/series`.
 pub async fn series(
     State(state): State<AppState>,
     Extension(who): Extension<Principal>,
+    path: Option<Path<HashMap<String, String>>>,
     headers: HeaderMap,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
-    run(
-        state,
-        who,
-        headers,
-        raw,
-        Level::Series,
-        PathScope::default(),
-    )
-    .await
+    run(state, who, headers, raw, Level::Series, path_scope(path)).await
 }
 
+/// `/instances`, `/studies/{study}/instances` and
+/// `/studies/{study}/series/{series}/instances`.
 pub async fn instances(
     State(state): State<AppState>,
     Extension(who): Extension<Principal>,
+    path: Option<Path<HashMap<String, String>>>,
     headers: HeaderMap,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
-    run(state, who, headers, raw, Level::Image, PathScope::default()).await
-}
-
-pub async fn study_series(
-    State(state): State<AppState>,
-    Extension(who): Extension<Principal>,
-    Path(study): Path<String>,
-    headers: HeaderMap,
-    RawQuery(raw): RawQuery,
-) -> Result<Response, ApiError> {
-    let scope = PathScope {
-        study: Some(study),
-        series: None,
-    };
-    run(state, who, headers, raw, Level::Series, scope).await
-}
-
-pub async fn study_instances(
-    State(state): State<AppState>,
-    Extension(who): Extension<Principal>,
-    Path(study): Path<String>,
-    headers: HeaderMap,
-    RawQuery(raw): RawQuery,
-) -> Result<Response, ApiError> {
-    let scope = PathScope {
-        study: Some(study),
-        series: None,
-    };
-    run(state, who, headers, raw, Level::Image, scope).await
-}
-
-pub async fn series_instances(
-    State(state): State<AppState>,
-    Extension(who): Extension<Principal>,
-    Path((study, series)): Path<(String, String)>,
-    headers: HeaderMap,
-    RawQuery(raw): RawQuery,
-) -> Result<Response, ApiError> {
-    let scope = PathScope {
-        study: Some(study),
-        series: Some(series),
-    };
-    run(state, who, headers, raw, Level::Image, scope).await
+    run(state, who, headers, raw, Level::Image, path_scope(path)).await
 }
 
 #[cfg(test)]

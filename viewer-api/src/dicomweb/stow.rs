@@ -6,6 +6,7 @@
 //! Each part then goes through the archive's one ingest path, as C-STORE
 //! does; the answer lists what was stored and what failed, and why.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -135,7 +136,7 @@ fn uid_element(vr: &str, value: Option<&str>) -> Value {
     }
 }
 
-async fn store(
+async fn store_into(
     state: AppState,
     study: Option<String>,
     peer: Option<SocketAddr>,
@@ -296,23 +297,16 @@ async fn store(
     Ok(response)
 }
 
-pub async fn store_studies(
+/// `POST /studies` and `POST /studies/{study}`.
+pub async fn store(
     State(state): State<AppState>,
+    path: Option<Path<HashMap<String, String>>>,
     peer: Option<Extension<ConnectInfo<SocketAddr>>>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    store(state, None, peer.map(|p| p.0.0), headers, body).await
-}
-
-pub async fn store_study(
-    State(state): State<AppState>,
-    Path(study): Path<String>,
-    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<Response, ApiError> {
-    store(state, Some(study), peer.map(|p| p.0.0), headers, body).await
+    let study = path.and_then(|Path(mut p)| p.remove("study"));
+    store_into(state, study, peer.map(|p| p.0.0), headers, body).await
 }
 
 #[cfg(test)]

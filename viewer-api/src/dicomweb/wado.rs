@@ -471,248 +471,93 @@ async fn thumbnail(
     Ok(image_response(format, image))
 }
 
-// Route handlers, one per path shape.
+// Route handlers: one per operation, for every level its routes name.
 
-type Raw = RawQuery;
-
-pub async fn study(
-    State(s): State<AppState>,
-    Path(study): Path<String>,
-    h: HeaderMap,
-    RawQuery(q): Raw,
-) -> Result<Response, ApiError> {
-    retrieve(
-        s,
-        Selection {
-            study,
-            ..Default::default()
-        },
-        h,
-        q,
-    )
-    .await
+/// The parameters of a WADO-RS path: the selection and, where the route
+/// has them, the frame list and the bulk data tag.
+pub struct WadoPath {
+    pub selection: Selection,
+    pub frames: Option<String>,
+    pub tag: Option<String>,
 }
 
-pub async fn series(
-    State(s): State<AppState>,
-    Path((study, series)): Path<(String, String)>,
-    h: HeaderMap,
-    RawQuery(q): Raw,
-) -> Result<Response, ApiError> {
-    let sel = Selection {
-        study,
-        series: Some(series),
-        instance: None,
-    };
-    retrieve(s, sel, h, q).await
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for WadoPath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, ApiError> {
+        let Path(mut p) =
+            Path::<std::collections::HashMap<String, String>>::from_request_parts(parts, state)
+                .await
+                .map_err(|e| ApiError::BadRequest(format!("path: {e}")))?;
+        Ok(WadoPath {
+            selection: Selection {
+                study: p.remove("study").unwrap_or_default(),
+                series: p.remove("series"),
+                instance: p.remove("instance"),
+            },
+            frames: p.remove("frames"),
+            tag: p.remove("tag"),
+        })
+    }
 }
 
-pub async fn instance(
+/// Instances of a study, series or one instance.
+pub async fn instances(
     State(s): State<AppState>,
-    Path((study, series, instance)): Path<(String, String, String)>,
+    p: WadoPath,
     h: HeaderMap,
-    RawQuery(q): Raw,
+    RawQuery(q): RawQuery,
 ) -> Result<Response, ApiError> {
-    let sel = Selection {
-        study,
-        series: Some(series),
-        instance: Some(instance),
-    };
-    retrieve(s, sel, h, q).await
+    retrieve(s, p.selection, h, q).await
 }
 
-pub async fn study_metadata(
+/// `/metadata` of a study, series or instance.
+pub async fn metadata_of(
     State(s): State<AppState>,
-    Path(study): Path<String>,
+    p: WadoPath,
     h: HeaderMap,
-    RawQuery(q): Raw,
+    RawQuery(q): RawQuery,
 ) -> Result<Response, ApiError> {
-    metadata(
-        s,
-        Selection {
-            study,
-            ..Default::default()
-        },
-        h,
-        q,
-    )
-    .await
+    metadata(s, p.selection, h, q).await
 }
 
-pub async fn series_metadata(
-    State(s): State<AppState>,
-    Path((study, series)): Path<(String, String)>,
-    h: HeaderMap,
-    RawQuery(q): Raw,
-) -> Result<Response, ApiError> {
-    let sel = Selection {
-        study,
-        series: Some(series),
-        instance: None,
-    };
-    metadata(s, sel, h, q).await
-}
-
-pub async fn instance_metadata(
-    State(s): State<AppState>,
-    Path((study, series, instance)): Path<(String, String, String)>,
-    h: HeaderMap,
-    RawQuery(q): Raw,
-) -> Result<Response, ApiError> {
-    let sel = Selection {
-        study,
-        series: Some(series),
-        instance: Some(instance),
-    };
-    metadata(s, sel, h, q).await
-}
-
+/// `/frames/{frames}` of an instance.
 pub async fn frames(
     State(s): State<AppState>,
-    Path((study, series, instance, list)): Path<(String, String, String, String)>,
+    p: WadoPath,
     h: HeaderMap,
-    RawQuery(q): Raw,
+    RawQuery(q): RawQuery,
 ) -> Result<Response, ApiError> {
-    let sel = Selection {
-        study,
-        series: Some(series),
-        instance: Some(instance),
-    };
-    retrieve_frames(s, sel, list, h, q).await
+    let list = p.frames.unwrap_or_default();
+    retrieve_frames(s, p.selection, list, h, q).await
 }
 
-pub async fn bulkdata(
-    State(s): State<AppState>,
-    Path((study, series, instance, tag)): Path<(String, String, String, String)>,
-) -> Result<Response, ApiError> {
-    let sel = Selection {
-        study,
-        series: Some(series),
-        instance: Some(instance),
-    };
-    retrieve_bulkdata(s, sel, tag).await
+/// `/bulkdata/{tag}` of an instance.
+pub async fn bulkdata(State(s): State<AppState>, p: WadoPath) -> Result<Response, ApiError> {
+    retrieve_bulkdata(s, p.selection, p.tag.unwrap_or_default()).await
 }
 
-pub async fn study_rendered(
+/// `/rendered` at every level, frames included.
+pub async fn rendered_of(
     State(s): State<AppState>,
-    Path(study): Path<String>,
+    p: WadoPath,
     h: HeaderMap,
-    RawQuery(q): Raw,
+    RawQuery(q): RawQuery,
 ) -> Result<Response, ApiError> {
-    rendered(
-        s,
-        Selection {
-            study,
-            ..Default::default()
-        },
-        None,
-        h,
-        q,
-    )
-    .await
+    rendered(s, p.selection, p.frames, h, q).await
 }
 
-pub async fn series_rendered(
+/// `/thumbnail` at every level, frames included.
+pub async fn thumbnail_of(
     State(s): State<AppState>,
-    Path((study, series)): Path<(String, String)>,
+    p: WadoPath,
     h: HeaderMap,
-    RawQuery(q): Raw,
+    RawQuery(q): RawQuery,
 ) -> Result<Response, ApiError> {
-    let sel = Selection {
-        study,
-        series: Some(series),
-        instance: None,
-    };
-    rendered(s, sel, None, h, q).await
-}
-
-pub async fn instance_rendered(
-    State(s): State<AppState>,
-    Path((study, series, instance)): Path<(String, String, String)>,
-    h: HeaderMap,
-    RawQuery(q): Raw,
-) -> Result<Response, ApiError> {
-    let sel = Selection {
-        study,
-        series: Some(series),
-        instance: Some(instance),
-    };
-    rendered(s, sel, None, h, q).await
-}
-
-pub async fn frame_rendered(
-    State(s): State<AppState>,
-    Path((study, series, instance, list)): Path<(String, String, String, String)>,
-    h: HeaderMap,
-    RawQuery(q): Raw,
-) -> Result<Response, ApiError> {
-    let sel = Selection {
-        study,
-        series: Some(series),
-        instance: Some(instance),
-    };
-    rendered(s, sel, Some(list), h, q).await
-}
-
-pub async fn study_thumbnail(
-    State(s): State<AppState>,
-    Path(study): Path<String>,
-    h: HeaderMap,
-    RawQuery(q): Raw,
-) -> Result<Response, ApiError> {
-    thumbnail(
-        s,
-        Selection {
-            study,
-            ..Default::default()
-        },
-        None,
-        h,
-        q,
-    )
-    .await
-}
-
-pub async fn series_thumbnail(
-    State(s): State<AppState>,
-    Path((study, series)): Path<(String, String)>,
-    h: HeaderMap,
-    RawQuery(q): Raw,
-) -> Result<Response, ApiError> {
-    let sel = Selection {
-        study,
-        series: Some(series),
-        instance: None,
-    };
-    thumbnail(s, sel, None, h, q).await
-}
-
-pub async fn instance_thumbnail(
-    State(s): State<AppState>,
-    Path((study, series, instance)): Path<(String, String, String)>,
-    h: HeaderMap,
-    RawQuery(q): Raw,
-) -> Result<Response, ApiError> {
-    let sel = Selection {
-        study,
-        series: Some(series),
-        instance: Some(instance),
-    };
-    thumbnail(s, sel, None, h, q).await
-}
-
-pub async fn frame_thumbnail(
-    State(s): State<AppState>,
-    Path((study, series, instance, list)): Path<(String, String, String, String)>,
-    h: HeaderMap,
-    RawQuery(q): Raw,
-) -> Result<Response, ApiError> {
-    let sel = Selection {
-        study,
-        series: Some(series),
-        instance: Some(instance),
-    };
-    thumbnail(s, sel, Some(list), h, q).await
+    thumbnail(s, p.selection, p.frames, h, q).await
 }
 
 #[cfg(test)]
