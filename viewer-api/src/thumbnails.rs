@@ -165,6 +165,7 @@ pub fn spawn_worker(state: AppState) -> tokio::task::JoinHandle<()> {
             .ok()
             .and_then(|s| s.trim().parse().ok())
             .unwrap_or(0);
+        let mut saved = seq;
         let mut pending: HashMap<String, Instant> = HashMap::new();
         loop {
             match state.archive().catalog().changes_since(seq, 5000).await {
@@ -199,10 +200,13 @@ pub fn spawn_worker(state: AppState) -> tokio::task::JoinHandle<()> {
                     }
                     // Remember the position only when nothing is waiting, so
                     // a restart never skips a series.
-                    if pending.is_empty()
-                        && let Err(e) = std::fs::write(&file, seq.to_string())
-                    {
-                        tracing::warn!(error = %e, file = %file.display(), "cannot save the thumbnail worker position");
+                    if pending.is_empty() && seq != saved {
+                        match std::fs::write(&file, seq.to_string()) {
+                            Ok(()) => saved = seq,
+                            Err(e) => {
+                                tracing::warn!(error = %e, file = %file.display(), "cannot save the thumbnail worker position")
+                            }
+                        }
                     }
                     if changes.len() < 5000 {
                         tokio::time::sleep(POLL).await;
