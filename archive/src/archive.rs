@@ -221,30 +221,37 @@ impl Archive {
         // A refused object is never hashed or compressed.
         let cpu = on_rayon(move || {
             let data = &cpu_input[..];
-            let parsed = parse_part10(data, ingest_config.bulk_data_threshold)?;
+            let anonymous = |reason| Refusal {
+                reason,
+                sop_class_uid: None,
+                sop_instance_uid: None,
+            };
+            let parsed =
+                parse_part10(data, ingest_config.bulk_data_threshold).map_err(anonymous)?;
             if let Some(expected) = expected_study
                 && parsed.attributes.study_instance_uid != expected
             {
-                return Err(RefusalReason::WrongStudy {
-                    expected,
-                    found: parsed.attributes.study_instance_uid,
+                let a = parsed.attributes;
+                return Err(Refusal {
+                    reason: RefusalReason::WrongStudy {
+                        expected,
+                        found: a.study_instance_uid,
+                    },
+                    sop_class_uid: Some(a.sop_class_uid),
+                    sop_instance_uid: Some(a.sop_instance_uid),
                 });
             }
             let level = ingest_config.zstd_level_for(&parsed.attributes.transfer_syntax_uid);
             let (sha256, compressed) =
                 rayon::join(|| sha256_hex(data), || compress_frames(data, level));
-            Ok::<_, RefusalReason>((parsed, sha256, compressed))
+            Ok::<_, Refusal>((parsed, sha256, compressed))
         })
         .await;
         let (parsed, sha256, compressed) = match cpu {
             Ok(done) => done,
-            Err(reason) => {
-                tracing::info!(%source, %reason, "refused");
-                return IngestReceipt::Refused(Refusal {
-                    reason,
-                    sop_class_uid: None,
-                    sop_instance_uid: None,
-                });
+            Err(refusal) => {
+                tracing::info!(%source, reason = %refusal.reason, "refused");
+                return IngestReceipt::Refused(refusal);
             }
         };
 

@@ -37,15 +37,18 @@ REPO = Path(__file__).resolve().parents[2]
 #          (STOW'ed as the original file bytes by a hand-built request)
 #   le:    Explicit VR Little Endian everywhere, incl. a multi-frame US
 #          (STOW'ed by dicomweb-client)
-#   cstore: sent by DCMTK storescu over DIMSE, never STOW'ed
+#   cstore: every kind and transfer syntax again (other UIDs), sent by DCMTK
+#          storescu over DIMSE, never STOW'ed
 FIXTURE_SETS = {
     "stow": ["--seed", "42"],
     "be": ["--seed", "7", "--patients", "4", "--transfer-syntax", "1.2.840.10008.1.2.2"],
     "le": ["--seed", "8", "--patients", "4", "--transfer-syntax", "1.2.840.10008.1.2.1"],
-    "cstore": ["--seed", "9", "--patients", "2", "--transfer-syntax", "1.2.840.10008.1.2.1"],
+    "cstore": ["--seed", "9", "--patients", "4"],
 }
 
 START_TIMEOUT = 120
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_SERVERS = []
 AE_TITLE = "PACS"
 
 
@@ -135,7 +138,7 @@ class Server:
 
         def pump():
             for raw in self.proc.stderr:
-                line = raw.decode("utf-8", "replace").rstrip("\n")
+                line = ANSI.sub("", raw.decode("utf-8", "replace").rstrip("\n"))
                 self.log.append(line)
                 m = re.search(
                     r"pacs serve: DICOM on \S+:(\d+) .*HTTP on \S+ \((http://[^)\s]+)\)", line
@@ -183,8 +186,23 @@ class Server:
 @pytest.fixture(scope="session")
 def server(pacs_bin, tmp_path_factory):
     srv = Server(pacs_bin, tmp_path_factory.mktemp("pacs-data") / "data")
+    _SERVERS.append(srv)
     yield srv
     srv.stop()
+    _SERVERS.remove(srv)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A failed test's report ends with what the server logged last."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.failed and _SERVERS:
+        srv = _SERVERS[-1]
+        state = "running" if srv.alive() else f"exited with {srv.proc.returncode}"
+        report.sections.append(
+            (f"pacs serve ({state}): last 40 log lines", "\n".join(srv.log[-40:]))
+        )
 
 
 def auth(token):
@@ -255,7 +273,8 @@ class Instance:
         return str(self.ds.file_meta.TransferSyntaxUID)
 
     def __repr__(self):
-        return f"<{self.set}:{self.path.name} {self.ts} {self.sop}>"
+        name = self.path.name if self.path else "-"
+        return f"<{self.set}:{name} {self.ts} {self.sop}>"
 
 
 @pytest.fixture(scope="session")
