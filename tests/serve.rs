@@ -160,7 +160,10 @@ fn serve_stores_then_stops_gracefully_on_sigterm() {
     for (i, f) in files.iter().enumerate() {
         std::fs::write(input.join(format!("{i}.dcm")), &f.bytes).unwrap();
     }
-    let (ok, token) = pacs(&data, &["token", "issue", "--role", "admin", "--name", "ops"]);
+    let (ok, token) = pacs(
+        &data,
+        &["token", "issue", "--role", "admin", "--name", "ops"],
+    );
     assert!(ok, "{token}");
     let mut serve = start(&data);
     let (ok, out) = storescu(serve.port, &["-xe", "+sd"], &[input.to_str().unwrap()]);
