@@ -9,11 +9,13 @@ use futures::StreamExt;
 use tokio::sync::Semaphore;
 
 use crate::catalog::{BlobRecord, Catalog, CatalogStats, RecordOutcome};
+use crate::catalog::{MessageBlob, MessageOutcome};
 use crate::config::{ArchiveConfig, StorageBackend};
 use crate::error::ArchiveError;
 use crate::ingest::{parse_part10, part10_from_dataset};
 use crate::model::{IngestReceipt, IngestSource, Refusal, RefusalReason, StoredInstance};
 use crate::on_rayon;
+use crate::results::{MessageReceipt, MessageRefusal, ResultMessage, message_key};
 use crate::retrieve::{decode_blob, sha256_hex};
 use crate::store::{FsStore, ObjectStore, S3Store, StoreError, blob_key};
 
@@ -345,6 +347,77 @@ impl Archive {
                 }
             }
             Err(e) => refuse(RefusalReason::CatalogUnavailable(e.to_string())),
+        }
+    }
+
+    /// Record a lab-result or report message (HL7 v2, FHIR): the raw bytes
+    /// are stored like an image (content-addressed, compressed, hashed),
+    /// then its results in one catalog transaction. Returns only when the
+    /// outcome is final: `Stored` means both are durable, so the front door
+    /// may acknowledge. A message with the same sender and control id as a
+    /// recorded one is a `Duplicate` and stores nothing.
+    pub async fn ingest_message(
+        &self,
+        raw: Bytes,
+        message: ResultMessage,
+        source: IngestSource,
+    ) -> MessageReceipt {
+        let invalid = |why: &str| MessageReceipt::Refused(MessageRefusal::Invalid(why.to_owned()));
+        if message.patient.id.trim().is_empty() {
+            return invalid("the message names no patient identifier");
+        }
+        if message.control_id.trim().is_empty() {
+            return invalid("the message has no control id");
+        }
+        if message.reports.is_empty() {
+            return invalid("the message holds no report or result");
+        }
+        let unavailable = |e: String| MessageReceipt::Refused(MessageRefusal::Unavailable(e));
+        let catalog = &self.inner.catalog;
+        match catalog
+            .message_id(&message.sender, &message.control_id)
+            .await
+        {
+            Ok(Some(message_id)) => return MessageReceipt::Duplicate { message_id },
+            Ok(None) => {}
+            Err(e) => return unavailable(e.to_string()),
+        }
+        let level = self.inner.config.ingest.zstd_level;
+        let input = raw.clone();
+        let (sha256, compressed) =
+            on_rayon(move || rayon::join(|| sha256_hex(&input), || compress_frames(&input, level)))
+                .await;
+        let compressed = match compressed {
+            Ok(c) => Bytes::from(c),
+            Err(e) => return unavailable(format!("zstd: {e}")),
+        };
+        let blob = MessageBlob {
+            blob_key: message_key(&sha256),
+            sha256,
+            original_size: raw.len() as u64,
+            stored_size: compressed.len() as u64,
+        };
+        if let Err(e) = self.inner.store.put(&blob.blob_key, compressed).await {
+            return unavailable(e.to_string());
+        }
+        match catalog
+            .record_message(&message, &blob, &source.to_string())
+            .await
+        {
+            Ok(MessageOutcome::Recorded {
+                message_id,
+                reports,
+            }) => {
+                tracing::info!(%source, message_id, reports = reports.len(), sender = %message.sender, control_id = %message.control_id, "message stored");
+                MessageReceipt::Stored {
+                    message_id,
+                    reports,
+                }
+            }
+            Ok(MessageOutcome::AlreadyPresent { message_id }) => {
+                MessageReceipt::Duplicate { message_id }
+            }
+            Err(e) => unavailable(e.to_string()),
         }
     }
 

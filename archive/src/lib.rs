@@ -6,6 +6,7 @@ pub mod error;
 pub mod ingest;
 pub mod model;
 pub mod query;
+pub mod results;
 pub mod retrieve;
 pub mod store;
 

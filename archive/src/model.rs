@@ -76,18 +76,30 @@ impl InstanceAttributes {
     /// modalities sometimes send an empty Patient ID; such instances are not
     /// merged into one anonymous patient but keyed by name and birth date.
     pub fn patient_key(&self) -> String {
-        match self.patient_id.as_deref() {
-            Some(id) => format!(
-                "id\u{1f}{}\u{1f}{}",
-                self.issuer_of_patient_id.as_deref().unwrap_or(""),
-                id
-            ),
-            None => format!(
-                "noid\u{1f}{}\u{1f}{}",
-                self.patient_name.as_deref().unwrap_or(""),
-                self.patient_birth_date.as_deref().unwrap_or("")
-            ),
-        }
+        patient_key(
+            self.patient_id.as_deref(),
+            self.issuer_of_patient_id.as_deref(),
+            self.patient_name.as_deref(),
+            self.patient_birth_date.as_deref(),
+        )
+    }
+}
+
+/// The catalog's key of a patient: Patient ID within its issuer or, without
+/// an ID, name and birth date. Images and results of one patient share it.
+pub fn patient_key(
+    id: Option<&str>,
+    issuer: Option<&str>,
+    name: Option<&str>,
+    birth_date: Option<&str>,
+) -> String {
+    match id {
+        Some(id) => format!("id\u{1f}{}\u{1f}{}", issuer.unwrap_or(""), id),
+        None => format!(
+            "noid\u{1f}{}\u{1f}{}",
+            name.unwrap_or(""),
+            birth_date.unwrap_or("")
+        ),
     }
 }
 

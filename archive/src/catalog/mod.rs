@@ -23,7 +23,9 @@ use crate::model::{IngestSource, InstanceAttributes};
 mod tokens;
 pub use tokens::{ApiToken, TokenRole};
 
+mod results;
 mod studies;
+pub use results::{MessageBlob, MessageOutcome};
 pub use studies::StudyRecord;
 
 /// What the catalog knows of one stored instance.
@@ -367,7 +369,7 @@ async fn record_in_tx(
         }
     }
     let now = now_rfc3339();
-    let patient_pk = upsert_patient(tx, &rec.attrs, &now).await?;
+    let patient_pk = upsert_patient(tx, PatientRow::from(&rec.attrs), &now).await?;
     sqlx::query(
         "INSERT INTO studies (study_instance_uid, patient_pk, study_date, study_time, accession_number, \
          study_id, study_description, referring_physician_name, created_at) \
@@ -474,9 +476,33 @@ async fn record_in_tx(
     })
 }
 
-async fn upsert_patient(
+/// The patient columns of a row to upsert.
+pub(crate) struct PatientRow<'a> {
+    pub key: String,
+    pub id: Option<&'a str>,
+    pub issuer: Option<&'a str>,
+    pub name: Option<&'a str>,
+    pub birth_date: Option<&'a str>,
+    pub sex: Option<&'a str>,
+}
+
+impl<'a> From<&'a InstanceAttributes> for PatientRow<'a> {
+    fn from(a: &'a InstanceAttributes) -> Self {
+        PatientRow {
+            key: a.patient_key(),
+            id: a.patient_id.as_deref(),
+            issuer: a.issuer_of_patient_id.as_deref(),
+            name: a.patient_name.as_deref(),
+            birth_date: a.patient_birth_date.as_deref(),
+            sex: a.patient_sex.as_deref(),
+        }
+    }
+}
+
+/// The patient's row id, inserting the patient if new.
+pub(crate) async fn upsert_patient(
     tx: &mut Transaction<'_, Sqlite>,
-    attrs: &InstanceAttributes,
+    patient: PatientRow<'_>,
     now: &str,
 ) -> Result<i64, ArchiveError> {
     // The no-op update makes RETURNING give the id of an existing row too.
@@ -485,12 +511,12 @@ async fn upsert_patient(
          VALUES ($1, $2, $3, $4, $5, $6, $7) \
          ON CONFLICT (patient_key) DO UPDATE SET patient_key = excluded.patient_key RETURNING id",
     )
-    .bind(attrs.patient_key())
-    .bind(&attrs.patient_id)
-    .bind(&attrs.issuer_of_patient_id)
-    .bind(&attrs.patient_name)
-    .bind(&attrs.patient_birth_date)
-    .bind(&attrs.patient_sex)
+    .bind(patient.key)
+    .bind(patient.id)
+    .bind(patient.issuer)
+    .bind(patient.name)
+    .bind(patient.birth_date)
+    .bind(patient.sex)
     .bind(now)
     .fetch_one(&mut **tx)
     .await?)

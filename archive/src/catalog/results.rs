@@ -1,0 +1,275 @@
+//! Messages, reports and results in the catalog: one transaction per
+//! message, corrections kept as history, reads by patient and test.
+
+use sqlx::Row;
+
+use super::{Catalog, PatientRow, now_rfc3339, upsert_patient};
+use crate::error::ArchiveError;
+use crate::model::patient_key;
+use crate::results::{Coding, ResultMessage, ResultObservation, StoredObservation};
+
+/// The stored raw message a record refers to.
+#[derive(Debug, Clone)]
+pub struct MessageBlob {
+    pub sha256: String,
+    pub blob_key: String,
+    pub original_size: u64,
+    pub stored_size: u64,
+}
+
+/// What recording a message did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MessageOutcome {
+    Recorded {
+        message_id: i64,
+        reports: Vec<i64>,
+    },
+    /// The same sender and control id are already recorded.
+    AlreadyPresent {
+        message_id: i64,
+    },
+}
+
+fn joined(values: &[String]) -> Option<String> {
+    (!values.is_empty()).then(|| values.join("\n"))
+}
+
+impl Catalog {
+    /// The message recorded under this sender and control id, if any.
+    pub async fn message_id(
+        &self,
+        sender: &str,
+        control_id: &str,
+    ) -> Result<Option<i64>, ArchiveError> {
+        Ok(
+            sqlx::query_scalar("SELECT id FROM messages WHERE sender = $1 AND control_id = $2")
+                .bind(sender)
+                .bind(control_id)
+                .fetch_optional(&self.reader)
+                .await?,
+        )
+    }
+
+    /// Record a message whose raw bytes are already durable in the object
+    /// store: patient, message, reports and results in one transaction. A
+    /// corrected result marks the result it corrects (same patient, same
+    /// test, same order) as superseded instead of replacing it. A report
+    /// without a study is linked to the study with its accession number.
+    pub async fn record_message(
+        &self,
+        message: &ResultMessage,
+        blob: &MessageBlob,
+        source: &str,
+    ) -> Result<MessageOutcome, ArchiveError> {
+        let mut tx = self.writer.begin().await?;
+        if let Some(id) = sqlx::query_scalar::<_, i64>(
+            "SELECT id FROM messages WHERE sender = $1 AND control_id = $2",
+        )
+        .bind(&message.sender)
+        .bind(&message.control_id)
+        .fetch_optional(&mut *tx)
+        .await?
+        {
+            return Ok(MessageOutcome::AlreadyPresent { message_id: id });
+        }
+        let now = now_rfc3339();
+        let p = &message.patient;
+        let patient_pk = upsert_patient(
+            &mut tx,
+            PatientRow {
+                key: patient_key(
+                    Some(&p.id),
+                    p.issuer.as_deref(),
+                    p.name.as_deref(),
+                    p.birth_date.as_deref(),
+                ),
+                id: Some(&p.id),
+                issuer: p.issuer.as_deref(),
+                name: p.name.as_deref(),
+                birth_date: p.birth_date.as_deref(),
+                sex: p.sex.as_deref(),
+            },
+            &now,
+        )
+        .await?;
+        let message_id: i64 = sqlx::query_scalar(
+            "INSERT INTO messages (format, message_type, sender, control_id, sha256, blob_key, \
+             original_size, stored_size, received_at, source) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING id",
+        )
+        .bind(message.format.name())
+        .bind(&message.message_type)
+        .bind(&message.sender)
+        .bind(&message.control_id)
+        .bind(&blob.sha256)
+        .bind(&blob.blob_key)
+        .bind(blob.original_size as i64)
+        .bind(blob.stored_size as i64)
+        .bind(&now)
+        .bind(source)
+        .fetch_one(&mut *tx)
+        .await?;
+        let mut reports = Vec::with_capacity(message.reports.len());
+        for r in &message.reports {
+            let study = match (&r.study_instance_uid, &r.accession_number) {
+                (Some(uid), _) => Some(uid.clone()),
+                (None, Some(accession)) => {
+                    // Only a study of the same Patient ID: a report is never
+                    // filed under another patient's images (the assigning
+                    // authority may be spelled differently by the two systems).
+                    sqlx::query_scalar::<_, String>(
+                        "SELECT st.study_instance_uid FROM studies st JOIN patients sp ON sp.id = st.patient_pk \
+                         WHERE st.accession_number = $1 AND sp.patient_id = $2 \
+                         ORDER BY st.study_date DESC LIMIT 1",
+                    )
+                    .bind(accession)
+                    .bind(&p.id)
+                    .fetch_optional(&mut *tx)
+                    .await?
+                }
+                (None, None) => None,
+            };
+            let report_id: i64 = sqlx::query_scalar(
+                "INSERT INTO reports (message_id, patient_pk, placer_number, filler_number, \
+                 accession_number, service_code, service_display, service_system, observed_at, \
+                 status, report_text, study_instance_uid, created_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) RETURNING id",
+            )
+            .bind(message_id)
+            .bind(patient_pk)
+            .bind(&r.placer_number)
+            .bind(&r.filler_number)
+            .bind(&r.accession_number)
+            .bind(&r.service.code)
+            .bind(&r.service.display)
+            .bind(&r.service.system)
+            .bind(&r.observed_at)
+            .bind(&r.status)
+            .bind(&r.report_text)
+            .bind(&study)
+            .bind(&now)
+            .fetch_one(&mut *tx)
+            .await?;
+            for o in &r.observations {
+                let id: i64 = sqlx::query_scalar(
+                    "INSERT INTO observations (report_id, patient_pk, code, code_display, code_system, \
+                     value_type, value, numeric_value, units, reference_range, abnormal_flags, status, \
+                     observed_at, notes, created_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) RETURNING id",
+                )
+                .bind(report_id)
+                .bind(patient_pk)
+                .bind(&o.code.code)
+                .bind(&o.code.display)
+                .bind(&o.code.system)
+                .bind(&o.value_type)
+                .bind(&o.value)
+                .bind(o.numeric_value)
+                .bind(&o.units)
+                .bind(&o.reference_range)
+                .bind(joined(&o.abnormal_flags))
+                .bind(&o.status)
+                .bind(&o.observed_at)
+                .bind(joined(&o.notes))
+                .bind(&now)
+                .fetch_one(&mut *tx)
+                .await?;
+                if o.is_correction() {
+                    // The latest earlier result of the same test in the same
+                    // order (by filler, placer or accession number).
+                    sqlx::query(
+                        "UPDATE observations SET superseded_by = $1 WHERE id = (\
+                         SELECT o.id FROM observations o JOIN reports r ON r.id = o.report_id \
+                         WHERE o.patient_pk = $2 AND o.code IS $3 AND o.id <> $1 AND o.superseded_by IS NULL \
+                         AND ((r.filler_number IS NOT NULL AND r.filler_number = $4) \
+                           OR (r.placer_number IS NOT NULL AND r.placer_number = $5) \
+                           OR (r.accession_number IS NOT NULL AND r.accession_number = $6)) \
+                         ORDER BY o.id DESC LIMIT 1)",
+                    )
+                    .bind(id)
+                    .bind(patient_pk)
+                    .bind(&o.code.code)
+                    .bind(&r.filler_number)
+                    .bind(&r.placer_number)
+                    .bind(&r.accession_number)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+            }
+            reports.push(report_id);
+        }
+        tx.commit().await?;
+        Ok(MessageOutcome::Recorded {
+            message_id,
+            reports,
+        })
+    }
+
+    /// The reports linked to a study, oldest first: (report id, text).
+    pub async fn study_reports(
+        &self,
+        study_instance_uid: &str,
+    ) -> Result<Vec<(i64, Option<String>)>, ArchiveError> {
+        let rows = sqlx::query(
+            "SELECT id, report_text FROM reports WHERE study_instance_uid = $1 ORDER BY id",
+        )
+        .bind(study_instance_uid)
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+            .collect()
+    }
+
+    /// A patient's results, oldest first; only `code` if given. Corrected
+    /// results are included with `superseded_by` set: a test's history.
+    pub async fn patient_observations(
+        &self,
+        patient_id: &str,
+        issuer: Option<&str>,
+        code: Option<&str>,
+    ) -> Result<Vec<StoredObservation>, ArchiveError> {
+        let key = patient_key(Some(patient_id), issuer, None, None);
+        let rows = sqlx::query(
+            "SELECT o.id, o.report_id, o.code, o.code_display, o.code_system, o.value_type, o.value, \
+             o.numeric_value, o.units, o.reference_range, o.abnormal_flags, o.status, o.observed_at, \
+             o.notes, o.superseded_by \
+             FROM observations o JOIN patients p ON p.id = o.patient_pk \
+             WHERE p.patient_key = $1 AND ($2 IS NULL OR o.code = $2) \
+             ORDER BY o.observed_at, o.id",
+        )
+        .bind(key)
+        .bind(code)
+        .fetch_all(&self.reader)
+        .await?;
+        let split = |v: Option<String>| -> Vec<String> {
+            v.map(|s| s.split('\n').map(str::to_owned).collect())
+                .unwrap_or_default()
+        };
+        rows.into_iter()
+            .map(|r| {
+                Ok(StoredObservation {
+                    id: r.try_get(0)?,
+                    report_id: r.try_get(1)?,
+                    observation: ResultObservation {
+                        code: Coding {
+                            code: r.try_get(2)?,
+                            display: r.try_get(3)?,
+                            system: r.try_get(4)?,
+                        },
+                        value_type: r.try_get(5)?,
+                        value: r.try_get(6)?,
+                        numeric_value: r.try_get(7)?,
+                        units: r.try_get(8)?,
+                        reference_range: r.try_get(9)?,
+                        abnormal_flags: split(r.try_get(10)?),
+                        status: r.try_get(11)?,
+                        observed_at: r.try_get(12)?,
+                        notes: split(r.try_get(13)?),
+                    },
+                    superseded_by: r.try_get(14)?,
+                })
+            })
+            .collect()
+    }
+}

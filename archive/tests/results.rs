@@ -1,0 +1,228 @@
+//! Lab results and reports through `Archive::ingest_message`: durable raw
+//! message, results in the catalog, duplicates, corrections kept as history,
+//! refusals that store nothing, and reports linked to their study.
+
+use bytes::Bytes;
+use pacs_archive::results::{
+    Coding, MessageFormat, MessageReceipt, MessageRefusal, ResultMessage, ResultObservation,
+    ResultPatient, ResultReport,
+};
+use pacs_archive::{Archive, ArchiveConfig, IngestSource};
+
+fn hgb(value: f64, status: &str) -> ResultObservation {
+    ResultObservation {
+        code: Coding {
+            code: Some("718-7".into()),
+            display: Some("Hemoglobin".into()),
+            system: Some("LN".into()),
+        },
+        value_type: Some("NM".into()),
+        value: Some(value.to_string()),
+        numeric_value: Some(value),
+        units: Some("g/dL".into()),
+        reference_range: Some("13.5-17.5".into()),
+        abnormal_flags: if value < 13.5 {
+            vec!["L".into()]
+        } else {
+            vec![]
+        },
+        status: Some(status.into()),
+        observed_at: Some("20261101083000".into()),
+        notes: vec![],
+    }
+}
+
+fn message(
+    control_id: &str,
+    patient_id: &str,
+    observations: Vec<ResultObservation>,
+) -> ResultMessage {
+    ResultMessage {
+        format: MessageFormat::Hl7v2,
+        message_type: "ORU^R01".into(),
+        sender: "LAB|GENERAL".into(),
+        control_id: control_id.into(),
+        patient: ResultPatient {
+            id: patient_id.into(),
+            issuer: None,
+            name: Some("Doe^Jane".into()),
+            birth_date: Some("19700101".into()),
+            sex: Some("F".into()),
+        },
+        reports: vec![ResultReport {
+            filler_number: Some("F-1001".into()),
+            service: Coding {
+                code: Some("58410-2".into()),
+                display: Some("CBC panel".into()),
+                system: Some("LN".into()),
+            },
+            status: Some("F".into()),
+            observations,
+            ..ResultReport::default()
+        }],
+    }
+}
+
+async fn open() -> (tempfile::TempDir, Archive) {
+    let dir = tempfile::tempdir().unwrap();
+    let archive = Archive::open(ArchiveConfig::embedded(dir.path()))
+        .await
+        .unwrap();
+    (dir, archive)
+}
+
+fn objects(dir: &std::path::Path) -> usize {
+    walkdir(dir.join("objects/messages"))
+}
+
+fn walkdir(p: std::path::PathBuf) -> usize {
+    match std::fs::read_dir(&p) {
+        Ok(entries) => entries
+            .flatten()
+            .map(|e| {
+                if e.path().is_dir() {
+                    walkdir(e.path())
+                } else {
+                    1
+                }
+            })
+            .sum(),
+        Err(_) => 0,
+    }
+}
+
+fn src() -> IngestSource {
+    IngestSource::Other("test".into())
+}
+
+#[tokio::test]
+async fn a_message_is_stored_once_and_corrections_keep_history() {
+    let (dir, archive) = open().await;
+    let raw = Bytes::from_static(b"MSH|^~\\&|LAB|GENERAL|...first");
+    let first = archive
+        .ingest_message(
+            raw.clone(),
+            message("MSG1", "P100", vec![hgb(12.9, "F")]),
+            src(),
+        )
+        .await;
+    let MessageReceipt::Stored {
+        message_id,
+        reports,
+    } = first
+    else {
+        panic!("{first}");
+    };
+    assert_eq!(reports.len(), 1);
+    assert_eq!(objects(dir.path()), 1);
+
+    // Re-sent: acknowledged, nothing new.
+    let again = archive
+        .ingest_message(raw, message("MSG1", "P100", vec![hgb(12.9, "F")]), src())
+        .await;
+    assert_eq!(again, MessageReceipt::Duplicate { message_id });
+    assert_eq!(objects(dir.path()), 1);
+
+    // A correction of the same test in the same order.
+    let corrected = archive
+        .ingest_message(
+            Bytes::from_static(b"MSH|^~\\&|LAB|GENERAL|...correction"),
+            message("MSG2", "P100", vec![hgb(13.9, "C")]),
+            src(),
+        )
+        .await;
+    assert!(corrected.is_success(), "{corrected}");
+    let history = archive
+        .catalog()
+        .patient_observations("P100", None, Some("718-7"))
+        .await
+        .unwrap();
+    assert_eq!(history.len(), 2, "{history:?}");
+    assert_eq!(history[0].observation.numeric_value, Some(12.9));
+    assert_eq!(history[0].observation.abnormal_flags, ["L"]);
+    assert_eq!(history[0].superseded_by, Some(history[1].id));
+    assert_eq!(history[1].observation.status.as_deref(), Some("C"));
+    assert_eq!(history[1].superseded_by, None);
+    // Another patient's results are not theirs.
+    assert!(
+        archive
+            .catalog()
+            .patient_observations("P999", None, None)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+#[tokio::test]
+async fn a_message_without_patient_or_results_stores_nothing() {
+    let (dir, archive) = open().await;
+    let no_patient = archive
+        .ingest_message(
+            Bytes::from_static(b"x"),
+            message("MSG1", " ", vec![hgb(14.0, "F")]),
+            src(),
+        )
+        .await;
+    assert!(matches!(
+        no_patient,
+        MessageReceipt::Refused(MessageRefusal::Invalid(_))
+    ));
+    let mut empty = message("MSG2", "P1", vec![]);
+    empty.reports.clear();
+    let nothing = archive
+        .ingest_message(Bytes::from_static(b"y"), empty, src())
+        .await;
+    assert!(matches!(
+        nothing,
+        MessageReceipt::Refused(MessageRefusal::Invalid(_))
+    ));
+    assert_eq!(objects(dir.path()), 0);
+    assert_eq!(
+        archive
+            .catalog()
+            .message_id("LAB|GENERAL", "MSG1")
+            .await
+            .unwrap(),
+        None
+    );
+}
+
+#[tokio::test]
+async fn a_report_is_linked_to_its_study_by_accession_number() {
+    let (_dir, archive) = open().await;
+    let ct = pacs_fixtures::single(
+        pacs_fixtures::Kind::Ct,
+        pacs_fixtures::ts::EXPLICIT_VR_LE,
+        7,
+    );
+    let receipt = archive
+        .ingest_part10(Bytes::from(ct.bytes.clone()), src())
+        .await;
+    assert!(receipt.is_success());
+    let object = dicom_object::from_reader(&ct.bytes[128..]).unwrap();
+    let accession = object
+        .element(dicom_dictionary_std::tags::ACCESSION_NUMBER)
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .trim()
+        .to_owned();
+    let mut m = message("RAD1", &ct.patient_id, vec![]);
+    m.reports[0].accession_number = Some(accession);
+    m.reports[0].report_text = Some("FINDINGS: No acute abnormality.".into());
+    let r = archive
+        .ingest_message(Bytes::from_static(b"MSH|report"), m, src())
+        .await;
+    assert!(r.is_success(), "{r}");
+    let reports = archive
+        .catalog()
+        .study_reports(&ct.study_instance_uid)
+        .await
+        .unwrap();
+    assert_eq!(reports.len(), 1);
+    assert_eq!(
+        reports[0].1.as_deref(),
+        Some("FINDINGS: No acute abnormality.")
+    );
+}
