@@ -226,3 +226,48 @@ async fn a_report_is_linked_to_its_study_by_accession_number() {
         Some("FINDINGS: No acute abnormality.")
     );
 }
+
+#[tokio::test]
+async fn a_report_that_comes_first_is_linked_when_the_images_come() {
+    let (_dir, archive) = open().await;
+    let ct = pacs_fixtures::single(
+        pacs_fixtures::Kind::Ct,
+        pacs_fixtures::ts::EXPLICIT_VR_LE,
+        9,
+    );
+    let object = dicom_object::from_reader(&ct.bytes[128..]).unwrap();
+    let accession = object
+        .element(dicom_dictionary_std::tags::ACCESSION_NUMBER)
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .trim()
+        .to_owned();
+    let mut m = message("RAD2", &ct.patient_id, vec![]);
+    m.reports[0].accession_number = Some(accession);
+    m.reports[0].report_text = Some("IMPRESSION: Normal.".into());
+    assert!(
+        archive
+            .ingest_message(Bytes::from_static(b"MSH|early"), m, src())
+            .await
+            .is_success()
+    );
+    assert!(
+        archive
+            .catalog()
+            .study_reports(&ct.study_instance_uid)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let receipt = archive
+        .ingest_part10(Bytes::from(ct.bytes.clone()), src())
+        .await;
+    assert!(receipt.is_success());
+    let reports = archive
+        .catalog()
+        .study_reports(&ct.study_instance_uid)
+        .await
+        .unwrap();
+    assert_eq!(reports.len(), 1, "the early report is linked to the study");
+}

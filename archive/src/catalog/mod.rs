@@ -370,7 +370,7 @@ async fn record_in_tx(
     }
     let now = now_rfc3339();
     let patient_pk = upsert_patient(tx, PatientRow::from(&rec.attrs), &now).await?;
-    sqlx::query(
+    let new_study = sqlx::query(
         "INSERT INTO studies (study_instance_uid, patient_pk, study_date, study_time, accession_number, \
          study_id, study_description, referring_physician_name, created_at) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (study_instance_uid) DO NOTHING",
@@ -385,7 +385,25 @@ async fn record_in_tx(
     .bind(&rec.attrs.referring_physician_name)
     .bind(&now)
     .execute(&mut **tx)
-    .await?;
+    .await?
+    .rows_affected()
+        > 0;
+    // A report that arrived before its images is linked when they come.
+    if new_study
+        && let (Some(accession), Some(patient_id)) =
+            (&rec.attrs.accession_number, &rec.attrs.patient_id)
+    {
+        sqlx::query(
+            "UPDATE reports SET study_instance_uid = $1 WHERE study_instance_uid IS NULL \
+             AND accession_number = $2 \
+             AND patient_pk IN (SELECT id FROM patients WHERE patient_id = $3)",
+        )
+        .bind(&rec.attrs.study_instance_uid)
+        .bind(accession)
+        .bind(patient_id)
+        .execute(&mut **tx)
+        .await?;
+    }
     sqlx::query(
         "INSERT INTO series (series_instance_uid, study_instance_uid, modality, series_number, \
          series_description, body_part_examined, series_date, created_at) \
