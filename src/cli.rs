@@ -13,6 +13,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use pacs_archive::catalog::TokenRole;
 use pacs_archive::{Archive, IngestReceipt, IngestSource};
 use pacs_dicom_gateway::{Gateway, GatewayConfig};
+use pacs_hl7_gateway::{ArchiveSink, MllpConfig, MllpServer};
 use pacs_indexer::StudyIndex;
 use pacs_viewer_api::metrics::Sample;
 use pacs_viewer_api::{AppState, HttpConfig};
@@ -56,6 +57,9 @@ enum Command {
         /// Our AE title [default: dicom.ae_title of the config, PACS].
         #[arg(long, value_name = "AE")]
         ae_title: Option<String>,
+        /// HL7 v2 (MLLP) port [default: mllp.port of the config, 2575]; 0 picks a free port.
+        #[arg(long, value_name = "PORT")]
+        mllp_port: Option<u16>,
     },
     /// Import every file under DIR (recursively, in parallel).
     Import {
@@ -130,6 +134,7 @@ impl Cli {
                 dicom_port,
                 http_port,
                 ae_title,
+                mllp_port,
             } => {
                 let mut dicom = config.dicom.clone();
                 if let Some(port) = dicom_port {
@@ -142,7 +147,11 @@ impl Cli {
                 if let Some(port) = http_port {
                     http.port = port;
                 }
-                serve(archive, dicom, http).await
+                let mut mllp = config.mllp.clone();
+                if let Some(port) = mllp_port {
+                    mllp.port = port;
+                }
+                serve(archive, dicom, http, mllp).await
             }
             Command::Reindex => reindex(&archive).await,
             Command::Token { action } => token(&archive, action).await,
@@ -187,6 +196,7 @@ async fn serve(
     archive: Archive,
     dicom: GatewayConfig,
     http: HttpConfig,
+    mllp: MllpConfig,
 ) -> anyhow::Result<ExitCode> {
     let address = std::net::SocketAddr::new(dicom.listen_address, dicom.port);
     let dicom_listener = tokio::net::TcpListener::bind(address)
@@ -198,6 +208,11 @@ async fn serve(
         .await
         .with_context(|| format!("cannot listen for HTTP on {http_address}"))?;
     let http_bound = http_listener.local_addr()?;
+    let mllp_address = std::net::SocketAddr::new(mllp.listen_address, mllp.port);
+    let mllp_listener = tokio::net::TcpListener::bind(mllp_address)
+        .await
+        .with_context(|| format!("cannot listen for HL7 (MLLP) on {mllp_address}"))?;
+    let mllp_bound = mllp_listener.local_addr()?;
 
     let index = StudyIndex::open(&index_dir(&archive)).context("cannot open the search index")?;
     let applied = index
@@ -219,7 +234,7 @@ async fn serve(
 
     // One line on stderr for operators and scripts, whatever the log level.
     eprintln!(
-        "pacs serve: DICOM on {dicom_bound} (AE title {}), HTTP on {http_bound} ({}), data in {}",
+        "pacs serve: DICOM on {dicom_bound} (AE title {}), HTTP on {http_bound} ({}), HL7 on {mllp_bound}, data in {}",
         dicom.ae_title,
         state.base_url(),
         archive.config().data_dir.display()
@@ -232,6 +247,10 @@ async fn serve(
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
     };
+    let hl7 = tokio::spawn(
+        MllpServer::new(ArchiveSink::new(archive.clone()), mllp)
+            .serve(mllp_listener, stopped(stop_rx.clone())),
+    );
     let gateway = Gateway::new(archive, dicom).with_index(index.clone());
     let counters = gateway.counters();
     let reported = counters.clone();
@@ -298,6 +317,11 @@ async fn serve(
         Ok(Ok(())) => {}
         Ok(Err(e)) => tracing::error!(error = %e, "HTTP API stopped with an error"),
         Err(e) => tracing::error!(error = %e, "HTTP API task failed"),
+    }
+    match hl7.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::error!(error = %e, "HL7 listener stopped with an error"),
+        Err(e) => tracing::error!(error = %e, "HL7 listener task failed"),
     }
     follower.abort();
     thumbnails.abort();

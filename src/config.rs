@@ -10,6 +10,7 @@ use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use pacs_archive::{ArchiveConfig, CatalogConfig, IngestConfig, StorageConfig};
 use pacs_dicom_gateway::GatewayConfig;
+use pacs_hl7_gateway::MllpConfig;
 use pacs_viewer_api::HttpConfig;
 use serde::{Deserialize, Serialize};
 
@@ -30,6 +31,8 @@ pub struct PacsConfig {
     pub dicom: GatewayConfig,
     /// `[http]`: the HTTP API of `pacs serve` (DICOMweb, health, metrics).
     pub http: HttpConfig,
+    /// `[mllp]`: the HL7 v2 listener of `pacs serve` (lab results, reports).
+    pub mllp: MllpConfig,
 }
 
 impl Default for PacsConfig {
@@ -42,6 +45,7 @@ impl Default for PacsConfig {
             ingest: archive.ingest,
             dicom: GatewayConfig::default(),
             http: HttpConfig::default(),
+            mllp: MllpConfig::default(),
         }
     }
 }

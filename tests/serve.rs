@@ -27,6 +27,7 @@ struct Serve {
     child: Child,
     port: u16,
     http_port: u16,
+    mllp_port: u16,
     log: mpsc::Receiver<String>,
 }
 
@@ -35,10 +36,19 @@ fn start(data: &Path) -> Serve {
     let mut child = Command::new(env!("CARGO_BIN_EXE_pacs"))
         .args(["--data-dir"])
         .arg(data)
-        .args(["serve", "--dicom-port", "0", "--http-port", "0"])
+        .args([
+            "serve",
+            "--dicom-port",
+            "0",
+            "--http-port",
+            "0",
+            "--mllp-port",
+            "0",
+        ])
         .args(["--ae-title", "TESTPACS"])
         .env("PACS_DICOM__LISTEN_ADDRESS", "127.0.0.1")
         .env("PACS_HTTP__LISTEN_ADDRESS", "127.0.0.1")
+        .env("PACS_MLLP__LISTEN_ADDRESS", "127.0.0.1")
         .env("PACS_DICOM__ACCEPT_ANY_CALLING_AE", "true")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -54,7 +64,7 @@ fn start(data: &Path) -> Serve {
             }
         }
     });
-    let (port, http_port) = loop {
+    let (port, http_port, mllp_port) = loop {
         let line = rx.recv_timeout(TIMEOUT).expect("pacs serve did not start");
         if let Some(rest) = line.strip_prefix("pacs serve: DICOM on 127.0.0.1:") {
             let dicom = rest.split(' ').next().unwrap().parse().unwrap();
@@ -65,13 +75,21 @@ fn start(data: &Path) -> Serve {
                 .expect("the HTTP address is announced")
                 .parse()
                 .unwrap();
-            break (dicom, http);
+            let mllp = rest
+                .split("HL7 on 127.0.0.1:")
+                .nth(1)
+                .and_then(|r| r.split([' ', ',']).next())
+                .expect("the HL7 address is announced")
+                .parse()
+                .unwrap();
+            break (dicom, http, mllp);
         }
     };
     Serve {
         child,
         port,
         http_port,
+        mllp_port,
         log: rx,
     }
 }
@@ -234,15 +252,19 @@ fn sigkill_during_stores_loses_no_acknowledged_instance() {
             .unwrap();
         runs.push((child, paths));
     }
-    // Kill as soon as the server has acknowledged something.
+    // Kill as soon as some storescu has surely seen a success: each sends
+    // its next file only after the response to the previous one, so once
+    // the three runs have stored four instances, one run has had a
+    // response.
     let deadline = std::time::Instant::now() + TIMEOUT;
-    loop {
+    let mut stored = 0;
+    while stored < 4 {
         let line = serve
             .log
             .recv_timeout(deadline - std::time::Instant::now())
-            .expect("nothing was stored");
+            .expect("too little was stored");
         if line.contains("instance stored") {
-            break;
+            stored += 1;
         }
     }
     signal(&serve.child, "KILL");
@@ -397,4 +419,112 @@ fn sigkill_during_stow_loses_no_acknowledged_instance() {
         );
     }
     drop(serve);
+}
+
+/// `mllp_send` (the Python `hl7` package's MLLP client) next to the test
+/// Python; `None` (skip) when absent unless peers are required.
+fn mllp_send() -> Option<std::path::PathBuf> {
+    let bin = std::env::var_os("PACS_TEST_PYTHON")
+        .map(|p| std::path::PathBuf::from(p).with_file_name("mllp_send"))
+        .filter(|b| b.exists());
+    if bin.is_none() {
+        assert!(
+            std::env::var_os("PACS_TEST_REQUIRE_PEERS").is_none(),
+            "mllp_send is missing (pip install hl7 into the test venv)"
+        );
+        eprintln!("skipping: mllp_send is missing");
+    }
+    bin
+}
+
+/// (MSH-3|MSH-4, MSH-10) of a message: the archive's key of it.
+fn hl7_key(message: &[u8]) -> (String, String) {
+    let text = String::from_utf8_lossy(message);
+    let msh: Vec<&str> = text
+        .split(['\r', '\n'])
+        .next()
+        .unwrap()
+        .split('|')
+        .collect();
+    (format!("{}|{}", msh[2], msh[3]), msh[9].to_owned())
+}
+
+#[test]
+fn hl7_messages_acknowledged_before_a_kill_are_there_after_restart() {
+    let Some(mllp_send) = mllp_send() else {
+        return;
+    };
+    let work = tempfile::tempdir().unwrap();
+    let data = work.path().join("data");
+    let messages = pacs_fixtures::hl7::oru_messages(11, 8);
+    let file = work.path().join("messages.hl7");
+    let framed: Vec<u8> = messages
+        .iter()
+        .flat_map(|m| {
+            let mut f = vec![0x0B];
+            f.extend_from_slice(m);
+            f.extend_from_slice(&[0x1C, 0x0D]);
+            f
+        })
+        .collect();
+    std::fs::write(&file, &framed).unwrap();
+    let send = |port: u16| {
+        let out = Command::new(&mllp_send)
+            .args(["-p", &port.to_string(), "-f"])
+            .arg(&file)
+            .arg("127.0.0.1")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let mut serve = start(&data);
+    let acks = send(serve.mllp_port);
+    assert_eq!(acks.matches("MSA|AA|").count(), messages.len(), "{acks}");
+    // Killed right after the last AA: every acknowledged message is durable.
+    signal(&serve.child, "KILL");
+    wait(&mut serve.child);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let archive = pacs_archive::Archive::open(pacs_archive::ArchiveConfig::embedded(&data))
+            .await
+            .unwrap();
+        for m in &messages {
+            let (sender, control_id) = hl7_key(m);
+            assert!(
+                archive
+                    .catalog()
+                    .message_by_key(&sender, &control_id)
+                    .await
+                    .unwrap()
+                    .is_some(),
+                "{sender} {control_id} was acknowledged but is not in the archive"
+            );
+        }
+    });
+    // Sent again after a restart: acknowledged, not stored twice.
+    let serve = start(&data);
+    let acks = send(serve.mllp_port);
+    assert_eq!(acks.matches("MSA|AA|").count(), messages.len(), "{acks}");
+    drop(serve);
+    let (ok, out) = pacs(&data, &["stats"]);
+    assert!(ok, "{out}");
+    runtime.block_on(async {
+        let archive = pacs_archive::Archive::open(pacs_archive::ArchiveConfig::embedded(&data))
+            .await
+            .unwrap();
+        let rows = archive
+            .catalog()
+            .select_text_rows("SELECT CAST(COUNT(*) AS TEXT) FROM messages", &[], 1)
+            .await
+            .unwrap();
+        assert_eq!(
+            rows[0][0].as_deref(),
+            Some(messages.len().to_string().as_str())
+        );
+    });
 }

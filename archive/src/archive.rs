@@ -363,37 +363,54 @@ impl Archive {
         source: IngestSource,
     ) -> MessageReceipt {
         let invalid = |why: &str| MessageReceipt::Refused(MessageRefusal::Invalid(why.to_owned()));
-        if message.patient.id.trim().is_empty() {
+        if message.patients.is_empty()
+            || message
+                .patients
+                .iter()
+                .any(|g| g.patient.id.trim().is_empty())
+        {
             return invalid("the message names no patient identifier");
         }
         if message.control_id.trim().is_empty() {
             return invalid("the message has no control id");
         }
-        if message.reports.is_empty() {
+        if message.patients.iter().all(|g| g.reports.is_empty()) {
             return invalid("the message holds no report or result");
         }
         let unavailable = |e: String| MessageReceipt::Refused(MessageRefusal::Unavailable(e));
-        let catalog = &self.inner.catalog;
-        match catalog
-            .message_id(&message.sender, &message.control_id)
-            .await
-        {
-            Ok(Some(message_id)) => return MessageReceipt::Duplicate { message_id },
-            Ok(None) => {}
-            Err(e) => return unavailable(e.to_string()),
-        }
         let level = self.inner.config.ingest.zstd_level;
         let input = raw.clone();
         let (sha256, compressed) =
             on_rayon(move || rayon::join(|| sha256_hex(&input), || compress_frames(&input, level)))
                 .await;
+        // The same key again: the same message re-sent (its ACK was lost),
+        // or another message under a reused control id.
+        let already = |message_id: i64, stored: &str| {
+            if stored == sha256 {
+                MessageReceipt::Duplicate { message_id }
+            } else {
+                MessageReceipt::Refused(MessageRefusal::Conflict(format!(
+                    "{} from {} is message {message_id}",
+                    message.control_id, message.sender
+                )))
+            }
+        };
+        let catalog = &self.inner.catalog;
+        match catalog
+            .message_by_key(&message.sender, &message.control_id)
+            .await
+        {
+            Ok(Some((message_id, stored))) => return already(message_id, &stored),
+            Ok(None) => {}
+            Err(e) => return unavailable(e.to_string()),
+        }
         let compressed = match compressed {
             Ok(c) => Bytes::from(c),
             Err(e) => return unavailable(format!("zstd: {e}")),
         };
         let blob = MessageBlob {
             blob_key: message_key(&sha256),
-            sha256,
+            sha256: sha256.clone(),
             original_size: raw.len() as u64,
             stored_size: compressed.len() as u64,
         };
@@ -414,9 +431,10 @@ impl Archive {
                     reports,
                 }
             }
-            Ok(MessageOutcome::AlreadyPresent { message_id }) => {
-                MessageReceipt::Duplicate { message_id }
-            }
+            Ok(MessageOutcome::AlreadyPresent {
+                message_id,
+                sha256: stored,
+            }) => already(message_id, &stored),
             Err(e) => unavailable(e.to_string()),
         }
     }

@@ -91,6 +91,13 @@ pub struct ResultReport {
     pub observations: Vec<ResultObservation>,
 }
 
+/// One patient's reports in a message.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PatientResults {
+    pub patient: ResultPatient,
+    pub reports: Vec<ResultReport>,
+}
+
 /// A parsed message, ready to be recorded.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ResultMessage {
@@ -101,8 +108,8 @@ pub struct ResultMessage {
     /// same message.
     pub sender: String,
     pub control_id: String,
-    pub patient: ResultPatient,
-    pub reports: Vec<ResultReport>,
+    /// One group per patient (an HL7 ORU may carry several).
+    pub patients: Vec<PatientResults>,
 }
 
 /// Why a message was not recorded.
@@ -111,6 +118,10 @@ pub enum MessageRefusal {
     /// The content is wrong: nothing to file it under, no results...
     #[error("{0}")]
     Invalid(String),
+    /// The sender and control id were recorded before with other content:
+    /// the sender reuses control ids.
+    #[error("control id already recorded with other content: {0}")]
+    Conflict(String),
     /// The archive cannot store it right now (resend later).
     #[error("archive unavailable: {0}")]
     Unavailable(String),

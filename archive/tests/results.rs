@@ -4,8 +4,8 @@
 
 use bytes::Bytes;
 use pacs_archive::results::{
-    Coding, MessageFormat, MessageReceipt, MessageRefusal, ResultMessage, ResultObservation,
-    ResultPatient, ResultReport,
+    Coding, MessageFormat, MessageReceipt, MessageRefusal, PatientResults, ResultMessage,
+    ResultObservation, ResultPatient, ResultReport,
 };
 use pacs_archive::{Archive, ArchiveConfig, IngestSource};
 
@@ -42,23 +42,25 @@ fn message(
         message_type: "ORU^R01".into(),
         sender: "LAB|GENERAL".into(),
         control_id: control_id.into(),
-        patient: ResultPatient {
-            id: patient_id.into(),
-            issuer: None,
-            name: Some("Doe^Jane".into()),
-            birth_date: Some("19700101".into()),
-            sex: Some("F".into()),
-        },
-        reports: vec![ResultReport {
-            filler_number: Some("F-1001".into()),
-            service: Coding {
-                code: Some("58410-2".into()),
-                display: Some("CBC panel".into()),
-                system: Some("LN".into()),
+        patients: vec![PatientResults {
+            patient: ResultPatient {
+                id: patient_id.into(),
+                issuer: None,
+                name: Some("Doe^Jane".into()),
+                birth_date: Some("19700101".into()),
+                sex: Some("F".into()),
             },
-            status: Some("F".into()),
-            observations,
-            ..ResultReport::default()
+            reports: vec![ResultReport {
+                filler_number: Some("F-1001".into()),
+                service: Coding {
+                    code: Some("58410-2".into()),
+                    display: Some("CBC panel".into()),
+                    system: Some("LN".into()),
+                },
+                status: Some("F".into()),
+                observations,
+                ..ResultReport::default()
+            }],
         }],
     }
 }
@@ -122,6 +124,19 @@ async fn a_message_is_stored_once_and_corrections_keep_history() {
         .await;
     assert_eq!(again, MessageReceipt::Duplicate { message_id });
     assert_eq!(objects(dir.path()), 1);
+    // The same control id with other content is a conflict, not a copy.
+    let reused = archive
+        .ingest_message(
+            Bytes::from_static(b"MSH|^~\\&|LAB|GENERAL|...other"),
+            message("MSG1", "P100", vec![hgb(11.0, "F")]),
+            src(),
+        )
+        .await;
+    assert!(
+        matches!(reused, MessageReceipt::Refused(MessageRefusal::Conflict(_))),
+        "{reused}"
+    );
+    assert_eq!(objects(dir.path()), 1);
 
     // A correction of the same test in the same order.
     let corrected = archive
@@ -169,7 +184,7 @@ async fn a_message_without_patient_or_results_stores_nothing() {
         MessageReceipt::Refused(MessageRefusal::Invalid(_))
     ));
     let mut empty = message("MSG2", "P1", vec![]);
-    empty.reports.clear();
+    empty.patients[0].reports.clear();
     let nothing = archive
         .ingest_message(Bytes::from_static(b"y"), empty, src())
         .await;
@@ -181,7 +196,7 @@ async fn a_message_without_patient_or_results_stores_nothing() {
     assert_eq!(
         archive
             .catalog()
-            .message_id("LAB|GENERAL", "MSG1")
+            .message_by_key("LAB|GENERAL", "MSG1")
             .await
             .unwrap(),
         None
@@ -209,8 +224,8 @@ async fn a_report_is_linked_to_its_study_by_accession_number() {
         .trim()
         .to_owned();
     let mut m = message("RAD1", &ct.patient_id, vec![]);
-    m.reports[0].accession_number = Some(accession);
-    m.reports[0].report_text = Some("FINDINGS: No acute abnormality.".into());
+    m.patients[0].reports[0].accession_number = Some(accession);
+    m.patients[0].reports[0].report_text = Some("FINDINGS: No acute abnormality.".into());
     let r = archive
         .ingest_message(Bytes::from_static(b"MSH|report"), m, src())
         .await;
@@ -244,8 +259,8 @@ async fn a_report_that_comes_first_is_linked_when_the_images_come() {
         .trim()
         .to_owned();
     let mut m = message("RAD2", &ct.patient_id, vec![]);
-    m.reports[0].accession_number = Some(accession);
-    m.reports[0].report_text = Some("IMPRESSION: Normal.".into());
+    m.patients[0].reports[0].accession_number = Some(accession);
+    m.patients[0].reports[0].report_text = Some("IMPRESSION: Normal.".into());
     assert!(
         archive
             .ingest_message(Bytes::from_static(b"MSH|early"), m, src())

@@ -3,63 +3,28 @@
 
 mod common;
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
-use common::{CALLING, Server, TIMEOUT, TestScu, dcmtk_tool, split_part10};
+use common::{
+    CALLING, IMPLICIT_VR_LE, Server, TIMEOUT, TestScu, dcmtk_tool, split_part10, study_identifier,
+};
 use pacs_dicom_gateway::MoveDestination;
 use pacs_dicom_gateway::dimse::tag;
-use pacs_fixtures::{DatasetSpec, FixtureFile};
+use pacs_fixtures::{DatasetSpec, FixtureFile, Kind, ts};
+
+const STUDY_ROOT_MOVE: &str = "1.2.840.10008.5.1.4.1.2.2.2";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn movescu_moves_a_study_to_storescp_byte_for_byte() {
     if !common::dcmtk_tools(&["movescu", "storescp"]) {
         return;
     }
-    // A free port for storescp (bound and released: a small race, retried
-    // below by waiting until storescp listens).
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let received = tempfile::tempdir().unwrap();
-    let _storescp = tokio::process::Command::new("/usr/bin/storescp")
-        .args(["-aet", "DEST", "+xa", "+B", "-od"])
-        .arg(received.path())
-        .arg(port.to_string())
-        .env("TCP_NODELAY", "1")
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let deadline = tokio::time::Instant::now() + TIMEOUT;
-    while tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .is_err()
-    {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "storescp did not start"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let mut server = Server::start(|c| {
-        c.move_destinations.push(MoveDestination {
-            ae_title: "DEST".into(),
-            host: "127.0.0.1".into(),
-            port,
-        })
-    })
-    .await;
+    // Every transfer syntax accepted, files written as received.
+    let (_storescp, port, received) = storescp(&["+xa", "+B"]).await;
+    let mut server = gateway_moving_to(port).await;
     let files: Vec<FixtureFile> = DatasetSpec::small().iter().collect();
-    for f in &files {
-        let (syntax, data) = split_part10(&f.bytes);
-        let mut scu = TestScu::connect(server.addr, &[(f.sop_class_uid.as_str(), syntax.as_str())])
-            .await
-            .unwrap();
-        let rsp = scu.store(&f.sop_class_uid, &f.sop_instance_uid, data).await;
-        assert_eq!(rsp.us(tag::STATUS), Some(0));
-        scu.association.release().await.unwrap();
-    }
+    store_all(&server, &files.iter().collect::<Vec<_>>()).await;
     // The study with the most transfer syntaxes.
     let study = files
         .iter()
@@ -156,6 +121,301 @@ async fn movescu_moves_a_study_to_storescp_byte_for_byte() {
     assert!(
         log.contains("a801") || log.contains("A801") || log.contains("Destination"),
         "{log}"
+    );
+    server.shutdown().await;
+}
+
+/// Start DCMTK's storescp as AE "DEST" with `options`, writing into a
+/// fresh directory; returns once it listens. (Its port is found by binding
+/// and releasing one: a small race, covered by waiting until it listens.)
+async fn storescp(options: &[&str]) -> (tokio::process::Child, u16, tempfile::TempDir) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let received = tempfile::tempdir().unwrap();
+    let child = tokio::process::Command::new("/usr/bin/storescp")
+        .args(["-aet", "DEST"])
+        .args(options)
+        .arg("-od")
+        .arg(received.path())
+        .arg(port.to_string())
+        .env("TCP_NODELAY", "1")
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    while tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .is_err()
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "storescp did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    (child, port, received)
+}
+
+async fn gateway_moving_to(port: u16) -> Server {
+    Server::start(|c| {
+        c.move_destinations.push(MoveDestination {
+            ae_title: "DEST".into(),
+            host: "127.0.0.1".into(),
+            port,
+        })
+    })
+    .await
+}
+
+async fn store_all(server: &Server, files: &[&FixtureFile]) {
+    for f in files {
+        let (syntax, data) = split_part10(&f.bytes);
+        let mut scu = TestScu::connect(server.addr, &[(f.sop_class_uid.as_str(), syntax.as_str())])
+            .await
+            .unwrap();
+        let rsp = scu.store(&f.sop_class_uid, &f.sop_instance_uid, data).await;
+        assert_eq!(rsp.us(tag::STATUS), Some(0));
+        scu.association.release().await.unwrap();
+    }
+}
+
+/// storescp without transfer syntax options accepts the uncompressed
+/// syntaxes only (DCMTK's default "--prefer-uncompr"); the archive never
+/// transcodes, so everything else has no presentation context there.
+fn default_storescp_accepts(syntax: &str) -> bool {
+    [ts::IMPLICIT_VR_LE, ts::EXPLICIT_VR_LE, ts::EXPLICIT_VR_BE].contains(&syntax)
+}
+
+/// Which of `uids` did storescp write into `dir`? (Read from the files'
+/// SOP Instance UID: reports reference the images of their study, so a
+/// byte search would find those too.)
+fn received_uids(dir: &std::path::Path, uids: &[&str]) -> BTreeSet<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            let path = e.unwrap().path();
+            let object = dicom_object::open_file(&path)
+                .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            object
+                .element(dicom_core::Tag(0x0008, 0x0018))
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .trim_end_matches(['\0', ' '])
+                .to_owned()
+        })
+        .filter(|u| uids.contains(&u.as_str()))
+        .collect()
+}
+
+/// The values movescu prints for a command element in its debug dump of
+/// the responses, e.g. "D: Failed Suboperations          : 2".
+fn dumped(log: &str, label: &str) -> Vec<String> {
+    log.lines()
+        .filter_map(|l| l.trim_start_matches("D: ").trim().strip_prefix(label))
+        .map(|v| v.trim_start_matches([' ', ':']).trim().to_owned())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_move_to_a_destination_refusing_some_syntaxes_ends_b000_with_the_failed_uids() {
+    if !common::dcmtk_tools(&["movescu", "storescp"]) {
+        return;
+    }
+    let (_storescp, port, received) = storescp(&[]).await;
+    let mut server = gateway_moving_to(port).await;
+    let files: Vec<FixtureFile> = DatasetSpec::small().iter().collect();
+    // A study with instances storescp takes as stored and instances it
+    // cannot take.
+    let study = files
+        .iter()
+        .map(|f| f.study_instance_uid.as_str())
+        .find(|s| {
+            let syntaxes = files
+                .iter()
+                .filter(|f| f.study_instance_uid == *s)
+                .map(|f| default_storescp_accepts(f.transfer_syntax));
+            syntaxes.clone().any(|ok| ok) && syntaxes.clone().any(|ok| !ok)
+        })
+        .expect("a study with compressed and uncompressed instances")
+        .to_owned();
+    let members: Vec<&FixtureFile> = files
+        .iter()
+        .filter(|f| f.study_instance_uid == study)
+        .collect();
+    store_all(&server, &members).await;
+    let uids: Vec<&str> = members
+        .iter()
+        .map(|f| f.sop_instance_uid.as_str())
+        .collect();
+    let refused: BTreeSet<String> = members
+        .iter()
+        .filter(|f| !default_storescp_accepts(f.transfer_syntax))
+        .map(|f| f.sop_instance_uid.clone())
+        .collect();
+    let moved = uids.len() - refused.len();
+
+    // The crate's SCU reads the final response element by element.
+    let mut scu = TestScu::connect(server.addr, &[(STUDY_ROOT_MOVE, IMPLICIT_VR_LE)])
+        .await
+        .unwrap();
+    let got = scu
+        .retrieve(STUDY_ROOT_MOVE, Some("DEST"), &study_identifier(&[&study]))
+        .await;
+    scu.association.release().await.unwrap();
+    assert_eq!(got.status(), 0xB000, "{got:?}");
+    assert_eq!(
+        got.counts(),
+        (Some(moved as u16), Some(refused.len() as u16), Some(0)),
+        "{got:?}"
+    );
+    assert_eq!(
+        got.last.us(tag::REMAINING_SUB_OPERATIONS).unwrap_or(0),
+        0,
+        "{got:?}"
+    );
+    assert_eq!(
+        got.failed_uids(),
+        Some(refused.iter().cloned().collect::<Vec<_>>())
+    );
+    // One pending response after each sub-operation but the last.
+    assert_eq!(got.pending.len(), uids.len() - 1, "{got:?}");
+    // What storescp wrote is exactly what was not refused.
+    let expected: BTreeSet<String> = uids
+        .iter()
+        .map(|u| u.to_string())
+        .filter(|u| !refused.contains(u))
+        .collect();
+    assert_eq!(received_uids(received.path(), &uids), expected);
+
+    // movescu, a real C-MOVE SCU, reads the same final response.
+    let port_text = server.port();
+    let key = format!("StudyInstanceUID={study}");
+    let (_, log) = dcmtk_tool(
+        "movescu",
+        &[
+            "-d",
+            "-aet",
+            CALLING,
+            "-aec",
+            "PACS",
+            "-aem",
+            "DEST",
+            "-S",
+            "-k",
+            "QueryRetrieveLevel=STUDY",
+            "-k",
+            &key,
+            "127.0.0.1",
+            &port_text,
+        ],
+    )
+    .await;
+    let last = log
+        .rfind("Received Final Move Response")
+        .unwrap_or_else(|| panic!("no final response: {log}"));
+    let final_part = &log[last..];
+    assert!(final_part.contains("0xb000"), "{final_part}");
+    assert_eq!(
+        dumped(final_part, "Completed Suboperations").first(),
+        Some(&moved.to_string()),
+        "{final_part}"
+    );
+    assert_eq!(
+        dumped(final_part, "Failed Suboperations").first(),
+        Some(&refused.len().to_string()),
+        "{final_part}"
+    );
+    let listed = final_part
+        .lines()
+        .find(|l| l.contains("(0008,0058)"))
+        .unwrap_or_else(|| panic!("no Failed SOP Instance UID List: {final_part}"));
+    for uid in &uids {
+        assert_eq!(listed.contains(uid), refused.contains(*uid), "{listed}");
+    }
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_move_where_every_sub_operation_fails_is_refused_a702_with_counts_and_uids() {
+    if !common::dcmtk_tools(&["movescu", "storescp"]) {
+        return;
+    }
+    let (_storescp, port, received) = storescp(&[]).await;
+    let mut server = gateway_moving_to(port).await;
+    // Two studies of compressed instances only: storescp accepts no
+    // context at all on the sub-association.
+    let jpeg = pacs_fixtures::single(Kind::Ct, ts::JPEG_BASELINE, 7);
+    let rle = pacs_fixtures::single(Kind::Mr, ts::RLE_LOSSLESS, 8);
+    store_all(&server, &[&jpeg, &rle]).await;
+    let studies = [
+        jpeg.study_instance_uid.as_str(),
+        rle.study_instance_uid.as_str(),
+    ];
+    let mut failed = vec![jpeg.sop_instance_uid.clone(), rle.sop_instance_uid.clone()];
+    failed.sort();
+
+    let mut scu = TestScu::connect(server.addr, &[(STUDY_ROOT_MOVE, IMPLICIT_VR_LE)])
+        .await
+        .unwrap();
+    let got = scu
+        .retrieve(STUDY_ROOT_MOVE, Some("DEST"), &study_identifier(&studies))
+        .await;
+    scu.association.release().await.unwrap();
+    assert_eq!(got.status(), 0xA702, "{got:?}");
+    assert_eq!(got.counts(), (Some(0), Some(2), Some(0)), "{got:?}");
+    assert_eq!(got.failed_uids(), Some(failed.clone()));
+    assert!(
+        received_uids(
+            received.path(),
+            &[&jpeg.sop_instance_uid, &rle.sop_instance_uid]
+        )
+        .is_empty()
+    );
+
+    // The same through movescu: a failure status with the counts and list.
+    let port_text = server.port();
+    let key = format!("StudyInstanceUID={}", studies.join("\\"));
+    let (_, log) = dcmtk_tool(
+        "movescu",
+        &[
+            "-d",
+            "-aet",
+            CALLING,
+            "-aec",
+            "PACS",
+            "-aem",
+            "DEST",
+            "-S",
+            "-k",
+            "QueryRetrieveLevel=STUDY",
+            "-k",
+            &key,
+            "127.0.0.1",
+            &port_text,
+        ],
+    )
+    .await;
+    let last = log
+        .rfind("Received Final Move Response")
+        .unwrap_or_else(|| panic!("no final response: {log}"));
+    let final_part = &log[last..];
+    assert!(final_part.contains("0xa702"), "{final_part}");
+    assert_eq!(
+        dumped(final_part, "Failed Suboperations").first(),
+        Some(&"2".to_owned()),
+        "{final_part}"
+    );
+    let listed = final_part
+        .lines()
+        .find(|l| l.contains("(0008,0058)"))
+        .unwrap_or_else(|| panic!("no Failed SOP Instance UID List: {final_part}"));
+    assert!(
+        failed.iter().all(|u| listed.contains(u.as_str())),
+        "{listed}"
     );
     server.shutdown().await;
 }

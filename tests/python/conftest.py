@@ -109,6 +109,7 @@ class Server:
             {
                 "PACS_DICOM__LISTEN_ADDRESS": "127.0.0.1",
                 "PACS_HTTP__LISTEN_ADDRESS": "127.0.0.1",
+                "PACS_MLLP__LISTEN_ADDRESS": "127.0.0.1",
                 "PACS_DICOM__ACCEPT_ANY_CALLING_AE": "true",
                 "RUST_LOG": env.get("RUST_LOG", "info"),
                 "NO_COLOR": "1",
@@ -123,6 +124,8 @@ class Server:
                 "--dicom-port",
                 "0",
                 "--http-port",
+                "0",
+                "--mllp-port",
                 "0",
                 "--ae-title",
                 AE_TITLE,

@@ -24,9 +24,11 @@ pub enum MessageOutcome {
         message_id: i64,
         reports: Vec<i64>,
     },
-    /// The same sender and control id are already recorded.
+    /// The same sender and control id are already recorded, with this
+    /// SHA-256 of its raw bytes.
     AlreadyPresent {
         message_id: i64,
+        sha256: String,
     },
 }
 
@@ -35,19 +37,20 @@ fn joined(values: &[String]) -> Option<String> {
 }
 
 impl Catalog {
-    /// The message recorded under this sender and control id, if any.
-    pub async fn message_id(
+    /// The message recorded under this sender and control id, if any: its
+    /// id and the SHA-256 of its raw bytes.
+    pub async fn message_by_key(
         &self,
         sender: &str,
         control_id: &str,
-    ) -> Result<Option<i64>, ArchiveError> {
-        Ok(
-            sqlx::query_scalar("SELECT id FROM messages WHERE sender = $1 AND control_id = $2")
+    ) -> Result<Option<(i64, String)>, ArchiveError> {
+        let row =
+            sqlx::query("SELECT id, sha256 FROM messages WHERE sender = $1 AND control_id = $2")
                 .bind(sender)
                 .bind(control_id)
                 .fetch_optional(&self.reader)
-                .await?,
-        )
+                .await?;
+        row.map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).transpose()
     }
 
     /// Record a message whose raw bytes are already durable in the object
@@ -62,40 +65,23 @@ impl Catalog {
         source: &str,
     ) -> Result<MessageOutcome, ArchiveError> {
         let mut tx = self.writer.begin().await?;
-        if let Some(id) = sqlx::query_scalar::<_, i64>(
-            "SELECT id FROM messages WHERE sender = $1 AND control_id = $2",
-        )
-        .bind(&message.sender)
-        .bind(&message.control_id)
-        .fetch_optional(&mut *tx)
-        .await?
+        if let Some(row) =
+            sqlx::query("SELECT id, sha256 FROM messages WHERE sender = $1 AND control_id = $2")
+                .bind(&message.sender)
+                .bind(&message.control_id)
+                .fetch_optional(&mut *tx)
+                .await?
         {
-            return Ok(MessageOutcome::AlreadyPresent { message_id: id });
+            return Ok(MessageOutcome::AlreadyPresent {
+                message_id: row.try_get(0)?,
+                sha256: row.try_get(1)?,
+            });
         }
         let now = now_rfc3339();
-        let p = &message.patient;
-        let patient_pk = upsert_patient(
-            &mut tx,
-            PatientRow {
-                key: patient_key(
-                    Some(&p.id),
-                    p.issuer.as_deref(),
-                    p.name.as_deref(),
-                    p.birth_date.as_deref(),
-                ),
-                id: Some(&p.id),
-                issuer: p.issuer.as_deref(),
-                name: p.name.as_deref(),
-                birth_date: p.birth_date.as_deref(),
-                sex: p.sex.as_deref(),
-            },
-            &now,
-        )
-        .await?;
         let message_id: i64 = sqlx::query_scalar(
             "INSERT INTO messages (format, message_type, sender, control_id, sha256, blob_key, \
-             original_size, stored_size, received_at, source) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING id",
+         original_size, stored_size, received_at, source) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING id",
         )
         .bind(message.format.name())
         .bind(&message.message_type)
@@ -109,15 +95,35 @@ impl Catalog {
         .bind(source)
         .fetch_one(&mut *tx)
         .await?;
-        let mut reports = Vec::with_capacity(message.reports.len());
-        for r in &message.reports {
-            let study = match (&r.study_instance_uid, &r.accession_number) {
-                (Some(uid), _) => Some(uid.clone()),
-                (None, Some(accession)) => {
-                    // Only a study of the same Patient ID: a report is never
-                    // filed under another patient's images (the assigning
-                    // authority may be spelled differently by the two systems).
-                    sqlx::query_scalar::<_, String>(
+        let mut reports = Vec::new();
+        for group in &message.patients {
+            let p = &group.patient;
+            let patient_pk = upsert_patient(
+                &mut tx,
+                PatientRow {
+                    key: patient_key(
+                        Some(&p.id),
+                        p.issuer.as_deref(),
+                        p.name.as_deref(),
+                        p.birth_date.as_deref(),
+                    ),
+                    id: Some(&p.id),
+                    issuer: p.issuer.as_deref(),
+                    name: p.name.as_deref(),
+                    birth_date: p.birth_date.as_deref(),
+                    sex: p.sex.as_deref(),
+                },
+                &now,
+            )
+            .await?;
+            for r in &group.reports {
+                let study = match (&r.study_instance_uid, &r.accession_number) {
+                    (Some(uid), _) => Some(uid.clone()),
+                    (None, Some(accession)) => {
+                        // Only a study of the same Patient ID: a report is never
+                        // filed under another patient's images (the assigning
+                        // authority may be spelled differently by the two systems).
+                        sqlx::query_scalar::<_, String>(
                         "SELECT st.study_instance_uid FROM studies st JOIN patients sp ON sp.id = st.patient_pk \
                          WHERE st.accession_number = $1 AND sp.patient_id = $2 \
                          ORDER BY st.study_date DESC LIMIT 1",
@@ -126,32 +132,32 @@ impl Catalog {
                     .bind(&p.id)
                     .fetch_optional(&mut *tx)
                     .await?
-                }
-                (None, None) => None,
-            };
-            let report_id: i64 = sqlx::query_scalar(
-                "INSERT INTO reports (message_id, patient_pk, placer_number, filler_number, \
+                    }
+                    (None, None) => None,
+                };
+                let report_id: i64 = sqlx::query_scalar(
+                    "INSERT INTO reports (message_id, patient_pk, placer_number, filler_number, \
                  accession_number, service_code, service_display, service_system, observed_at, \
                  status, report_text, study_instance_uid, created_at) \
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) RETURNING id",
-            )
-            .bind(message_id)
-            .bind(patient_pk)
-            .bind(&r.placer_number)
-            .bind(&r.filler_number)
-            .bind(&r.accession_number)
-            .bind(&r.service.code)
-            .bind(&r.service.display)
-            .bind(&r.service.system)
-            .bind(&r.observed_at)
-            .bind(&r.status)
-            .bind(&r.report_text)
-            .bind(&study)
-            .bind(&now)
-            .fetch_one(&mut *tx)
-            .await?;
-            for o in &r.observations {
-                let id: i64 = sqlx::query_scalar(
+                )
+                .bind(message_id)
+                .bind(patient_pk)
+                .bind(&r.placer_number)
+                .bind(&r.filler_number)
+                .bind(&r.accession_number)
+                .bind(&r.service.code)
+                .bind(&r.service.display)
+                .bind(&r.service.system)
+                .bind(&r.observed_at)
+                .bind(&r.status)
+                .bind(&r.report_text)
+                .bind(&study)
+                .bind(&now)
+                .fetch_one(&mut *tx)
+                .await?;
+                for o in &r.observations {
+                    let id: i64 = sqlx::query_scalar(
                     "INSERT INTO observations (report_id, patient_pk, code, code_display, code_system, \
                      value_type, value, numeric_value, units, reference_range, abnormal_flags, status, \
                      observed_at, notes, created_at) \
@@ -174,10 +180,10 @@ impl Catalog {
                 .bind(&now)
                 .fetch_one(&mut *tx)
                 .await?;
-                if o.is_correction() {
-                    // The latest earlier result of the same test in the same
-                    // order (by filler, placer or accession number).
-                    sqlx::query(
+                    if o.is_correction() {
+                        // The latest earlier result of the same test in the same
+                        // order (by filler, placer or accession number).
+                        sqlx::query(
                         "UPDATE observations SET superseded_by = $1 WHERE id = (\
                          SELECT o.id FROM observations o JOIN reports r ON r.id = o.report_id \
                          WHERE o.patient_pk = $2 AND o.code IS $3 AND o.id <> $1 AND o.superseded_by IS NULL \
@@ -194,9 +200,10 @@ impl Catalog {
                     .bind(&r.accession_number)
                     .execute(&mut *tx)
                     .await?;
+                    }
                 }
+                reports.push(report_id);
             }
-            reports.push(report_id);
         }
         tx.commit().await?;
         Ok(MessageOutcome::Recorded {

@@ -10,6 +10,8 @@
 
 use pacs_archive::{IngestReceipt, RefusalReason};
 
+use crate::dimse::Command;
+
 pub const SUCCESS: u16 = 0x0000;
 /// Refused: Out of Resources (PS3.4 B.2.3). Transient: the SCU may retry.
 pub const OUT_OF_RESOURCES: u16 = 0xA700;
@@ -34,9 +36,12 @@ pub const SOP_CLASS_NOT_SUPPORTED: u16 = 0x0122;
 pub const PENDING: u16 = 0xFF00;
 /// Pending, with a warning that optional keys were not supported.
 pub const PENDING_WARNING: u16 = 0xFF01;
-/// Warning: sub-operations complete, one or more failures (PS3.4 C.4.3.1.4).
+/// Warning: sub-operations complete, one or more failures or warnings
+/// (PS3.4 Tables C.4-2 and C.4-3).
 pub const SUB_OPERATIONS_WITH_FAILURES: u16 = 0xB000;
-/// Refused: out of resources, unable to perform sub-operations.
+/// Refused: out of resources, unable to perform sub-operations (PS3.4
+/// Tables C.4-2 and C.4-3); also the final status when every sub-operation
+/// failed (see [`retrieve_final_status`]).
 pub const UNABLE_TO_PERFORM_SUB_OPERATIONS: u16 = 0xA702;
 /// Refused: Move Destination unknown (PS3.4 C.4.2.1.5).
 pub const MOVE_DESTINATION_UNKNOWN: u16 = 0xA801;
@@ -69,6 +74,46 @@ impl Status {
 
     pub fn is_success(&self) -> bool {
         self.code == SUCCESS
+    }
+}
+
+/// A response to `request` carrying `status`, with its Error Comment when
+/// there is one: how every refusal of a service goes on the wire.
+pub fn response(request: &Command, command_field: u16, status: &Status) -> Command {
+    let mut rsp = Command::response_to(request, command_field, status.code);
+    if let Some(comment) = &status.comment {
+        rsp.set_text(crate::dimse::tag::ERROR_COMMENT, comment);
+    }
+    rsp
+}
+
+/// The final status of a C-GET or C-MOVE once its C-STORE sub-operations
+/// have run (or were cancelled).
+///
+/// PS3.4 C.4.2.3.1 (C-MOVE) and C.4.3.3.1 (C-GET): the final response is
+/// Success, Warning, Failure or Refused and carries the Completed, Failed
+/// and Warning counts; C.4.2.2.1 / C.4.3.2.1 give the meaning the SCU reads
+/// into it: Success when every sub-operation succeeded, Warning (B000) when
+/// one or more failed or had a warning (or all had a warning), Failure or
+/// Refused when all were unsuccessful. The only Failure/Refused code of
+/// Tables C.4-2 / C.4-3 about sub-operations is A702 "Refused: Out of
+/// Resources - Unable to perform sub-operations" (also what DCMTK's own
+/// Q/R SCP answers when all fail); a cancelled operation is FE00 whatever
+/// the counts (C.4.2.3.1: "status of Canceled").
+pub fn retrieve_final_status(
+    completed: usize,
+    failed: usize,
+    warning: usize,
+    cancelled: bool,
+) -> u16 {
+    if cancelled {
+        CANCEL
+    } else if failed == 0 && warning == 0 {
+        SUCCESS
+    } else if completed + warning == 0 {
+        UNABLE_TO_PERFORM_SUB_OPERATIONS
+    } else {
+        SUB_OPERATIONS_WITH_FAILURES
     }
 }
 
@@ -207,6 +252,36 @@ mod tests {
             assert!(!s.is_success());
             assert!(s.comment.unwrap().len() <= 64);
         }
+    }
+
+    #[test]
+    fn retrieve_final_statuses_follow_ps3_4_c_4_2_3_1() {
+        // (completed, failed, warning, cancelled)
+        assert_eq!(retrieve_final_status(0, 0, 0, false), SUCCESS);
+        assert_eq!(retrieve_final_status(3, 0, 0, false), SUCCESS);
+        assert_eq!(retrieve_final_status(2, 1, 0, false), 0xB000);
+        assert_eq!(retrieve_final_status(2, 0, 1, false), 0xB000);
+        // All with a warning: Warning, not Failure.
+        assert_eq!(retrieve_final_status(0, 0, 2, false), 0xB000);
+        assert_eq!(retrieve_final_status(0, 1, 1, false), 0xB000);
+        // All failed.
+        assert_eq!(retrieve_final_status(0, 3, 0, false), 0xA702);
+        assert_eq!(retrieve_final_status(1, 1, 0, true), CANCEL);
+    }
+
+    #[test]
+    fn refusals_carry_their_error_comment() {
+        let mut rq = Command::new(0x0021);
+        rq.set_us(crate::dimse::tag::MESSAGE_ID, 7);
+        let rsp = response(&rq, 0x8021, &Status::failure(0xA801, "unknown"));
+        assert_eq!(rsp.us(crate::dimse::tag::STATUS), Some(0xA801));
+        assert_eq!(
+            rsp.us(crate::dimse::tag::MESSAGE_ID_BEING_RESPONDED_TO),
+            Some(7)
+        );
+        assert_eq!(rsp.text(crate::dimse::tag::ERROR_COMMENT), Some("unknown"));
+        let ok = response(&rq, 0x8021, &Status::success());
+        assert_eq!(ok.text(crate::dimse::tag::ERROR_COMMENT), None);
     }
 
     #[test]

@@ -320,3 +320,188 @@ impl TestScu {
             .expect("nothing received")
     }
 }
+
+/// What a C-GET or C-MOVE answered, read message by message.
+#[derive(Debug)]
+pub struct Retrieved {
+    /// The pending (FF00) responses, in order.
+    pub pending: Vec<Command>,
+    /// The final response.
+    pub last: Command,
+    /// The identifier of the final response, if one came.
+    pub identifier: Option<Vec<u8>>,
+    /// SOP Instance UIDs of the C-STORE sub-operations received on this
+    /// association (C-GET), each answered with success.
+    pub stored: Vec<String>,
+}
+
+impl Retrieved {
+    pub fn status(&self) -> u16 {
+        self.last.us(tag::STATUS).expect("final status")
+    }
+
+    /// (completed, failed, warning) of the final response.
+    pub fn counts(&self) -> (Option<u16>, Option<u16>, Option<u16>) {
+        (
+            self.last.us(tag::COMPLETED_SUB_OPERATIONS),
+            self.last.us(tag::FAILED_SUB_OPERATIONS),
+            self.last.us(tag::WARNING_SUB_OPERATIONS),
+        )
+    }
+
+    /// The Failed SOP Instance UID List (0008,0058) of the final response's
+    /// identifier (Implicit VR Little Endian), sorted; `None` without one.
+    pub fn failed_uids(&self) -> Option<Vec<String>> {
+        let bytes = self.identifier.as_ref()?;
+        let object = dicom_object::InMemDicomObject::read_dataset_with_ts(
+            bytes.as_slice(),
+            &dicom_transfer_syntax_registry::entries::IMPLICIT_VR_LITTLE_ENDIAN.erased(),
+        )
+        .expect("identifier of the final response");
+        let mut uids: Vec<String> = object
+            .element(dicom_core::Tag(0x0008, 0x0058))
+            .expect("Failed SOP Instance UID List")
+            .to_multi_str()
+            .unwrap()
+            .iter()
+            .map(|u| u.trim_end_matches(['\0', ' ']).to_owned())
+            .collect();
+        uids.sort();
+        Some(uids)
+    }
+}
+
+/// A STUDY-level retrieve identifier for these studies (Implicit VR LE).
+pub fn study_identifier(studies: &[&str]) -> Vec<u8> {
+    let mut o = dicom_object::InMemDicomObject::new_empty();
+    o.put_str(dicom_core::Tag(0x0008, 0x0052), dicom_core::VR::CS, "STUDY");
+    o.put_str(
+        dicom_core::Tag(0x0020, 0x000D),
+        dicom_core::VR::UI,
+        studies.join("\\"),
+    );
+    let mut out = Vec::new();
+    o.write_dataset_with_ts(
+        &mut out,
+        &dicom_transfer_syntax_registry::entries::IMPLICIT_VR_LITTLE_ENDIAN.erased(),
+    )
+    .unwrap();
+    out
+}
+
+pub const IMPLICIT_VR_LE: &str = "1.2.840.10008.1.2";
+
+impl TestScu {
+    /// Connect proposing `contexts` and, for each SOP class in `scp_roles`,
+    /// the SCP role (so that C-GET sub-operations may come back).
+    pub async fn connect_with_scp_roles(
+        addr: SocketAddr,
+        contexts: &[(&str, &str)],
+        scp_roles: &[&str],
+    ) -> Result<TestScu, dicom_ul::association::Error> {
+        let mut options = ClientAssociationOptions::new()
+            .calling_ae_title(CALLING)
+            .called_ae_title("PACS");
+        for (abstract_syntax, ts) in contexts {
+            options = options.with_presentation_context(*abstract_syntax, vec![*ts]);
+        }
+        for class in scp_roles {
+            options = options.with_role_selection(*class, true, true);
+        }
+        let association = tokio::time::timeout(TIMEOUT, options.establish_async(addr))
+            .await
+            .expect("association timed out")?;
+        Ok(TestScu {
+            association,
+            next_id: 1,
+        })
+    }
+
+    /// Send a C-GET-RQ (`move_destination: None`) or C-MOVE-RQ on the
+    /// context of `model` with `identifier`, answer every C-STORE
+    /// sub-operation that comes back with success, and collect the
+    /// responses up to the final one (and its identifier).
+    pub async fn retrieve(
+        &mut self,
+        model: &str,
+        move_destination: Option<&str>,
+        identifier: &[u8],
+    ) -> Retrieved {
+        let pc = self.context_id(model).expect("no accepted Q/R context");
+        let mut rq = Command::new(if move_destination.is_some() {
+            field::C_MOVE_RQ
+        } else {
+            field::C_GET_RQ
+        });
+        rq.set_text(tag::AFFECTED_SOP_CLASS_UID, model)
+            .set_us(tag::MESSAGE_ID, self.next_id)
+            .set_us(tag::PRIORITY, 0)
+            .set_us(tag::COMMAND_DATA_SET_TYPE, 0);
+        if let Some(destination) = move_destination {
+            rq.set_text(tag::MOVE_DESTINATION, destination);
+        }
+        self.next_id += 1;
+        self.send_pdv(pc, PDataValueType::Command, true, &rq.encode())
+            .await;
+        self.send_data(pc, identifier, true).await;
+
+        let mut pending = Vec::new();
+        let mut stored = Vec::new();
+        let mut command_bytes = Vec::new();
+        let mut data_bytes = Vec::new();
+        let mut open: Option<(u8, Command)> = None;
+        loop {
+            let Pdu::PData { data } = self.receive().await.expect("retrieve answer") else {
+                panic!("expected P-DATA during the retrieve");
+            };
+            for pdv in data {
+                let complete = match pdv.value_type {
+                    PDataValueType::Command => {
+                        command_bytes.extend_from_slice(&pdv.data);
+                        if !pdv.is_last {
+                            continue;
+                        }
+                        let command = Command::decode(&std::mem::take(&mut command_bytes))
+                            .expect("command set");
+                        if command.has_data_set() {
+                            open = Some((pdv.presentation_context_id, command));
+                            continue;
+                        }
+                        (pdv.presentation_context_id, command, None)
+                    }
+                    PDataValueType::Data => {
+                        data_bytes.extend_from_slice(&pdv.data);
+                        if !pdv.is_last {
+                            continue;
+                        }
+                        let (id, command) = open.take().expect("data set without command");
+                        (id, command, Some(std::mem::take(&mut data_bytes)))
+                    }
+                };
+                let (id, command, data_set) = complete;
+                match command.command_field() {
+                    Some(field::C_STORE_RQ) => {
+                        stored.push(
+                            command
+                                .text(tag::AFFECTED_SOP_INSTANCE_UID)
+                                .unwrap_or_default()
+                                .to_owned(),
+                        );
+                        let rsp = Command::response_to(&command, field::C_STORE_RSP, 0);
+                        self.send_pdv(id, PDataValueType::Command, true, &rsp.encode())
+                            .await;
+                    }
+                    _ if command.us(tag::STATUS) == Some(0xFF00) => pending.push(command),
+                    _ => {
+                        return Retrieved {
+                            pending,
+                            last: command,
+                            identifier: data_set,
+                            stored,
+                        };
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,236 @@
+//! C-MOVE SCP (PS3.4 C.4.2): the selected instances go to the named move
+//! destination over a new association on which the archive is the storage
+//! SCU, proposing one presentation context per (SOP class, stored transfer
+//! syntax); pending responses carry the counts, the final response the
+//! counts and, when sub-operations failed, the Failed SOP Instance UID List
+//! (0008,0058) in its identifier (PS3.4 C.4.2.1.4).
+//!
+//! An instance for which the destination accepted no context is a failed
+//! sub-operation (PS3.4 C.4.2.3.1), also when it accepted none at all; the
+//! final status is then Warning B000 if anything else went through, or
+//! Refused A702 if every sub-operation failed (see
+//! [`crate::dimse::status::retrieve_final_status`]).
+
+use std::collections::VecDeque;
+
+use dicom_ul::association::Error as UlError;
+use dicom_ul::association::{AsyncAssociation, AsyncServerAssociation};
+use dicom_ul::pdu::{PDataValueType, Pdu};
+use tokio::net::TcpStream;
+
+use crate::association::{
+    Context, Peer, Tally, cancel_requested, error_chain, send_command, send_data, trim_uid,
+};
+use crate::dimse::{Command, Message, Status, field, status, tag};
+use crate::server::Gateway;
+use crate::services::retrieve::{self, Counts, Instance, Outcome};
+
+/// Answer a C-MOVE, from the request to its final response.
+pub(crate) async fn handle(
+    gateway: &Gateway,
+    association: &mut AsyncServerAssociation<TcpStream>,
+    message: Message,
+    context: &Context,
+    peer: &Peer,
+    stash: &mut VecDeque<Pdu>,
+    tally: &mut Tally,
+) -> Result<(), UlError> {
+    let pc = message.presentation_context_id;
+    let request = message.command;
+    let refuse = |code: u16, comment: &str| {
+        status::response(&request, field::C_MOVE_RSP, &Status::failure(code, comment))
+    };
+    let destination_ae = request
+        .text(tag::MOVE_DESTINATION)
+        .unwrap_or_default()
+        .to_owned();
+    let Some(destination) = gateway
+        .config
+        .move_destinations
+        .iter()
+        .find(|d| d.ae_title.trim() == destination_ae)
+        .cloned()
+    else {
+        tracing::warn!(destination = %destination_ae, "C-MOVE to an unknown destination");
+        let rsp = refuse(status::MOVE_DESTINATION_UNKNOWN, "move destination unknown");
+        return send_command(association, pc, &rsp).await;
+    };
+    let instances =
+        match retrieve::instances(gateway, context, message.data_set.as_deref(), "C-MOVE").await {
+            Ok(instances) => instances,
+            Err(s) => {
+                let rsp = refuse(s.code, s.comment.as_deref().unwrap_or_default());
+                return send_command(association, pc, &rsp).await;
+            }
+        };
+    let total = instances.len();
+    let mut done = Counts::default();
+    let mut cancelled = false;
+    if total > 0 {
+        // One presentation context per (SOP class, stored syntax), up to the
+        // 128 an association can carry.
+        let mut proposed: Vec<(String, String)> = Vec::new();
+        for i in &instances {
+            let pair = (i.sop_class_uid.clone(), i.transfer_syntax.clone());
+            if !proposed.contains(&pair) && proposed.len() < 128 {
+                proposed.push(pair);
+            }
+        }
+        let mut options = dicom_ul::ClientAssociationOptions::new()
+            .calling_ae_title(gateway.config.ae_title.clone())
+            .called_ae_title(destination.ae_title.clone())
+            .max_pdu_length(gateway.config.effective_max_pdu_length());
+        for (class, syntax) in &proposed {
+            options = options.with_presentation_context(class.clone(), vec![syntax.clone()]);
+        }
+        let address = format!("{}:{}", destination.host, destination.port);
+        let sub = tokio::time::timeout(
+            gateway.config.artim_timeout(),
+            options.establish_async(address.clone()),
+        )
+        .await;
+        let mut sub = match sub {
+            Ok(Ok(sub)) => Some(sub),
+            // The destination is there but takes none of the instances as
+            // stored: every sub-operation fails for want of a context.
+            Ok(Err(UlError::NoAcceptedPresentationContexts { .. })) => {
+                tracing::warn!(destination = %destination.ae_title, %address, "C-MOVE: the destination accepted none of the proposed presentation contexts");
+                None
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(destination = %destination.ae_title, %address, error = %error_chain(&e), "C-MOVE: cannot associate with the destination");
+                let rsp = refuse(
+                    status::UNABLE_TO_PERFORM_SUB_OPERATIONS,
+                    "cannot associate with the move destination",
+                );
+                return send_command(association, pc, &rsp).await;
+            }
+            Err(_) => {
+                let rsp = refuse(
+                    status::UNABLE_TO_PERFORM_SUB_OPERATIONS,
+                    "move destination did not answer",
+                );
+                return send_command(association, pc, &rsp).await;
+            }
+        };
+        // dicom-ul lists only the contexts the destination accepted.
+        let accepted: Vec<(u8, String, String)> = sub
+            .as_ref()
+            .map(|sub| {
+                sub.presentation_contexts()
+                    .iter()
+                    .map(|c| {
+                        (
+                            c.id,
+                            trim_uid(&c.abstract_syntax),
+                            trim_uid(&c.transfer_syntax),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut sub_id: u16 = 1;
+        for (n, instance) in instances.iter().enumerate() {
+            if cancel_requested(association, request.message_id(), stash).await {
+                cancelled = true;
+                break;
+            }
+            let (class, syntax) = (&instance.sop_class_uid, &instance.transfer_syntax);
+            let target = accepted
+                .iter()
+                .find(|(_, c, t)| c == class && t == syntax)
+                .map(|(id, _, _)| *id);
+            tracing::debug!(sop_instance_uid = %instance.sop_instance_uid, %class, %syntax, ?target, "C-MOVE sub-operation");
+            let outcome = match (target, sub.as_mut()) {
+                (Some(target), Some(sub)) => {
+                    let outcome =
+                        store_on(gateway, sub, target, instance, sub_id, &request, peer).await;
+                    sub_id = sub_id.wrapping_add(1);
+                    outcome
+                }
+                _ => Outcome::Failed(format!(
+                    "the destination accepted no context for {class} in {syntax}"
+                )),
+            };
+            done.record("C-MOVE", &instance.sop_instance_uid, outcome);
+            let remaining = total - n - 1;
+            if remaining > 0 {
+                let pending = done.pending(&request, field::C_MOVE_RSP, remaining);
+                send_command(association, pc, &pending).await?;
+            }
+        }
+        if let Some(sub) = sub {
+            let _ = AsyncAssociation::release(sub).await;
+        }
+    }
+    let code = done.final_status(cancelled);
+    let mut last = done.final_response(&request, field::C_MOVE_RSP, code, total - done.processed());
+    tally.failed += done.failed.len() as u64;
+    tracing::info!(
+        destination = %destination.ae_title,
+        instances = total,
+        completed = done.completed,
+        failed = done.failed.len(),
+        warning = done.warning,
+        status = format_args!("{code:#06X}"),
+        "C-MOVE"
+    );
+    // The identifier of a final response other than Success: the Failed
+    // SOP Instance UID List (movescu reads it).
+    match (!done.failed.is_empty())
+        .then(|| retrieve::failed_uid_list(&done.failed, &context.transfer_syntax))
+        .flatten()
+    {
+        Some(identifier) => {
+            last.set_us(
+                tag::COMMAND_DATA_SET_TYPE,
+                crate::dimse::command::DATA_SET_PRESENT,
+            );
+            send_command(association, pc, &last).await?;
+            send_data(association, pc, &identifier).await
+        }
+        None => send_command(association, pc, &last).await,
+    }
+}
+
+/// One C-STORE sub-operation on the sub-association: read the instance
+/// back, send it, wait for the destination's C-STORE-RSP.
+async fn store_on(
+    gateway: &Gateway,
+    sub: &mut dicom_ul::association::AsyncClientAssociation<TcpStream>,
+    target: u8,
+    instance: &Instance,
+    sub_id: u16,
+    request: &Command,
+    peer: &Peer,
+) -> Outcome {
+    let data = match retrieve::stored_data_set(gateway, &instance.sop_instance_uid).await {
+        Ok(data) => data,
+        Err(e) => return Outcome::Failed(e),
+    };
+    let mut rq = retrieve::sub_store_request(instance, sub_id);
+    rq.set_text(tag::MOVE_ORIGINATOR_AE_TITLE, &peer.calling_ae);
+    if let Some(id) = request.message_id() {
+        rq.set_us(tag::MOVE_ORIGINATOR_MESSAGE_ID, id);
+    }
+    let sent = async {
+        send_command(sub, target, &rq).await?;
+        send_data(sub, target, &data).await?;
+        loop {
+            if let Pdu::PData { data } = AsyncAssociation::receive(sub).await?
+                && let Some(c) = data
+                    .iter()
+                    .filter(|p| p.value_type == PDataValueType::Command && p.is_last)
+                    .find_map(|p| Command::decode(&p.data).ok())
+                    .filter(|c| c.us(tag::MESSAGE_ID_BEING_RESPONDED_TO) == Some(sub_id))
+            {
+                break Ok::<u16, UlError>(c.us(tag::STATUS).unwrap_or(0xC000));
+            }
+        }
+    }
+    .await;
+    match sent {
+        Ok(code) => Outcome::of_store_status(code, "destination"),
+        Err(e) => Outcome::Failed(format!("sub-association failed: {}", error_chain(&e))),
+    }
+}
