@@ -119,23 +119,6 @@ impl DicomJson {
     }
 }
 
-/// Re-order a stored DICOM JSON object's keys by tag (recursively into
-/// sequence items), since some keys are appended after the rest at ingest.
-pub fn sort_keys(value: &mut Value) {
-    match value {
-        Value::Object(map) => {
-            let mut entries: Vec<(String, Value)> = std::mem::take(map).into_iter().collect();
-            entries.sort_by(|a, b| a.0.cmp(&b.0));
-            for (k, mut v) in entries {
-                sort_keys(&mut v);
-                map.insert(k, v);
-            }
-        }
-        Value::Array(items) => items.iter_mut().for_each(sort_keys),
-        _ => {}
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,9 +7,8 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures::StreamExt;
-use serde_json::Value;
 
-use super::json::{parse_tag_key, sort_keys};
+use super::json::parse_tag_key;
 use super::multipart::{MultipartWriter, Part};
 use super::negotiate::{self, EXPLICIT_VR_LE};
 use crate::error::ApiError;
@@ -153,30 +152,52 @@ async fn retrieve(
     Ok(writer.response(rest))
 }
 
-/// Add absolute BulkDataURIs for the bulk elements (values left out of the
-/// stored metadata) of one instance's DICOM JSON.
-fn with_bulk_uris(metadata: &str, instance_url: &str) -> Result<Value, ApiError> {
-    let mut value: Value = serde_json::from_str(metadata)
-        .map_err(|e| ApiError::Internal(format!("stored metadata is not JSON: {e}")))?;
-    sort_keys(&mut value);
-    if let Value::Object(map) = &mut value {
-        for (key, element) in map.iter_mut() {
-            let Value::Object(element) = element else {
-                continue;
-            };
-            let bulk = !element.contains_key("Value")
-                && !element.contains_key("InlineBinary")
-                && matches!(
-                    element.get("vr").and_then(Value::as_str),
-                    Some("OB" | "OW" | "OF" | "OD" | "OL" | "OV" | "UN")
-                );
-            if bulk {
-                let uri = format!("{instance_url}/bulkdata/{key}");
-                element.insert("BulkDataURI".into(), Value::String(uri));
-            }
+/// VRs whose values the stored metadata leaves out as bulk data.
+fn bulk_vr(vr: &str) -> bool {
+    matches!(vr, "OB" | "OW" | "OF" | "OD" | "OL" | "OV" | "UN")
+}
+
+/// Write one instance's stored DICOM JSON to `out` with its keys in tag
+/// order and an absolute BulkDataURI on each bulk element (one left without
+/// a value). Elements are copied as stored, not re-encoded: a 500-instance
+/// series is a few MB of JSON.
+fn write_with_bulk_uris(
+    out: &mut Vec<u8>,
+    metadata: &str,
+    instance_url: &str,
+) -> Result<(), ApiError> {
+    use serde_json::value::RawValue;
+    let bad =
+        |e: serde_json::Error| ApiError::Internal(format!("stored metadata is not JSON: {e}"));
+    // Keys are 8 hex digits, so they borrow; a BTreeMap orders them by tag.
+    let elements: std::collections::BTreeMap<&str, &RawValue> =
+        serde_json::from_str(metadata).map_err(bad)?;
+    out.push(b'{');
+    for (i, (key, element)) in elements.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.push(b'"');
+        out.extend_from_slice(key.as_bytes());
+        out.extend_from_slice(b"\":");
+        let raw = element.get();
+        // A bulk element is stored as exactly {"vr":"XX"}.
+        let bulk = raw.len() == 11
+            && raw.starts_with("{\"vr\":\"")
+            && raw.ends_with("\"}")
+            && bulk_vr(&raw[7..9]);
+        if bulk {
+            out.extend_from_slice(raw[..10].as_bytes());
+            out.extend_from_slice(b",\"BulkDataURI\":");
+            serde_json::to_writer(&mut *out, &format!("{instance_url}/bulkdata/{key}"))
+                .map_err(bad)?;
+            out.push(b'}');
+        } else {
+            out.extend_from_slice(raw.as_bytes());
         }
     }
-    Ok(value)
+    out.push(b'}');
+    Ok(())
 }
 
 async fn metadata(
@@ -200,9 +221,7 @@ async fn metadata(
                 "{base}/studies/{study}/series/{}/instances/{}",
                 row.series_instance_uid, row.sop_instance_uid
             );
-            let value = with_bulk_uris(row.metadata.as_deref().unwrap_or("{}"), &url)?;
-            serde_json::to_writer(&mut out, &value)
-                .map_err(|e| ApiError::Internal(format!("metadata: {e}")))?;
+            write_with_bulk_uris(&mut out, row.metadata.as_deref().unwrap_or("{}"), &url)?;
         }
         out.push(b']');
         Ok(out)
@@ -563,6 +582,7 @@ pub async fn thumbnail_of(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::Value;
 
     #[test]
     fn frame_lists() {
@@ -574,13 +594,18 @@ mod tests {
 
     #[test]
     fn bulk_data_gets_absolute_uris() {
-        let v = with_bulk_uris(
-            r#"{"7FE00010":{"vr":"OW"},"00100010":{"vr":"PN","Value":[{"Alphabetic":"A"}]},"00281201":{"vr":"OW"}}"#,
+        let mut out = Vec::new();
+        write_with_bulk_uris(
+            &mut out,
+            r#"{"7FE00010":{"vr":"OW"},"00100010":{"vr":"PN","Value":[{"Alphabetic":"A"}]},"00281201":{"vr":"OW"},"00091001":{"vr":"OB","InlineBinary":"AAAA"}}"#,
             "http://h/dicom-web/studies/1/series/2/instances/3",
         )
         .unwrap();
+        let v: Value = serde_json::from_slice(&out).unwrap();
         let keys: Vec<&String> = v.as_object().unwrap().keys().collect();
-        assert_eq!(keys, ["00100010", "00281201", "7FE00010"]);
+        assert_eq!(keys, ["00091001", "00100010", "00281201", "7FE00010"]);
+        assert!(v["00091001"].get("BulkDataURI").is_none());
+        assert_eq!(v["7FE00010"]["vr"], "OW");
         assert_eq!(
             v["7FE00010"]["BulkDataURI"],
             "http://h/dicom-web/studies/1/series/2/instances/3/bulkdata/7FE00010"
