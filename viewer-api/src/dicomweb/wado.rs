@@ -187,7 +187,7 @@ fn write_with_bulk_uris(
             && raw.ends_with("\"}")
             && bulk_vr(&raw[7..9]);
         if bulk {
-            out.extend_from_slice(raw[..10].as_bytes());
+            out.extend_from_slice(&raw.as_bytes()[..10]);
             out.extend_from_slice(b",\"BulkDataURI\":");
             serde_json::to_writer(&mut *out, &format!("{instance_url}/bulkdata/{key}"))
                 .map_err(bad)?;
