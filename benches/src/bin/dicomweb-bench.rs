@@ -35,7 +35,9 @@ use pacs_fixtures::{DatasetSpec, FixtureFile, ts};
 use rayon::prelude::*;
 
 #[derive(Debug, Parser)]
-#[command(about = "DICOMweb read benchmark: QIDO, metadata, thumbnails, rendering; pacs vs Orthanc")]
+#[command(
+    about = "DICOMweb read benchmark: QIDO, metadata, thumbnails, rendering; pacs vs Orthanc"
+)]
 struct Args {
     /// Studies in the large archive (plus the extras: a 500-instance series,
     /// the 512x512 CT series and the 2048x2500 CR/DX images).
@@ -133,11 +135,22 @@ fn wait_idle(pid: u32, what: &str, limit: Duration) -> Duration {
             return started.elapsed();
         }
         if started.elapsed() > limit {
-            eprintln!("{what} still busy after {:.0} s: measuring anyway", limit.as_secs_f64());
+            eprintln!(
+                "{what} still busy after {:.0} s: measuring anyway",
+                limit.as_secs_f64()
+            );
             return started.elapsed();
         }
         last = now;
     }
+}
+
+/// The 1-minute load average (other work on the machine skews timings).
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().map(str::to_owned))
+        .unwrap_or_else(|| "?".into())
 }
 
 // ---------------------------------------------------------------------------
@@ -145,7 +158,12 @@ fn wait_idle(pid: u32, what: &str, limit: Duration) -> Duration {
 
 /// The value of a top-level element in an Explicit VR Little Endian file:
 /// (offset of the element, offset of the value, value length).
-fn find_explicit(bytes: &[u8], group: u16, element: u16, vr: &[u8; 2]) -> Option<(usize, usize, usize)> {
+fn find_explicit(
+    bytes: &[u8],
+    group: u16,
+    element: u16,
+    vr: &[u8; 2],
+) -> Option<(usize, usize, usize)> {
     let g = group.to_le_bytes();
     let e = element.to_le_bytes();
     let pattern = [g[0], g[1], e[0], e[1], vr[0], vr[1]];
@@ -191,7 +209,10 @@ fn generated_name(seed: u64, p: u64) -> String {
 /// generated distinct one (patients 0..4, the fixtures' deliberately awkward
 /// ones, keep theirs).
 fn rename_patient(file: &mut FixtureFile, seed: u64) {
-    let p: u64 = match file.patient_id.get(file.patient_id.len().saturating_sub(6)..) {
+    let p: u64 = match file
+        .patient_id
+        .get(file.patient_id.len().saturating_sub(6)..)
+    {
         Some(digits) => match digits.parse::<u64>() {
             Ok(n) => n - 1,
             Err(_) => return,
@@ -351,7 +372,10 @@ impl DataInfo {
                     );
                 }
                 "s" => {
-                    let study = info.studies.get_mut(&current).context("series before study")?;
+                    let study = info
+                        .studies
+                        .get_mut(&current)
+                        .context("series before study")?;
                     study.series.insert(
                         f[1].to_owned(),
                         SeriesInfo {
@@ -549,7 +573,13 @@ impl Http {
         }
     }
 
-    fn request(&mut self, method: &str, path: &str, accept: Option<&str>, body: &[u8]) -> anyhow::Result<Resp> {
+    fn request(
+        &mut self,
+        method: &str,
+        path: &str,
+        accept: Option<&str>,
+        body: &[u8],
+    ) -> anyhow::Result<Resp> {
         let reused = self.conn.is_some();
         match self.try_request(method, path, accept, body) {
             Ok(r) => Ok(r),
@@ -563,7 +593,13 @@ impl Http {
         }
     }
 
-    fn try_request(&mut self, method: &str, path: &str, accept: Option<&str>, body: &[u8]) -> anyhow::Result<Resp> {
+    fn try_request(
+        &mut self,
+        method: &str,
+        path: &str,
+        accept: Option<&str>,
+        body: &[u8],
+    ) -> anyhow::Result<Resp> {
         if self.conn.is_none() {
             let stream = TcpStream::connect(("127.0.0.1", self.port))?;
             stream.set_nodelay(true)?;
@@ -571,7 +607,10 @@ impl Http {
             self.conn = Some(BufReader::with_capacity(1 << 16, stream));
         }
         let conn = self.conn.as_mut().expect("connected");
-        let mut head = format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\n", self.port);
+        let mut head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\n",
+            self.port
+        );
         if let Some(a) = &self.auth {
             head.push_str(&format!("Authorization: {a}\r\n"));
         }
@@ -714,10 +753,19 @@ fn pacs_reindex(pacs: &Path, data: &Path) -> anyhow::Result<f64> {
 
 fn start_pacs(pacs: &Path, data: &Path) -> anyhow::Result<Server> {
     let mut child = pacs_cmd(pacs, data)
-        .args(["serve", "--dicom-port", "0", "--http-port", "0"])
+        .args([
+            "serve",
+            "--dicom-port",
+            "0",
+            "--http-port",
+            "0",
+            "--mllp-port",
+            "0",
+        ])
         .env("PACS_DICOM__ACCEPT_ANY_CALLING_AE", "true")
         .env("PACS_DICOM__LISTEN_ADDRESS", "127.0.0.1")
         .env("PACS_HTTP__LISTEN_ADDRESS", "127.0.0.1")
+        .env("PACS_MLLP__LISTEN_ADDRESS", "127.0.0.1")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -776,11 +824,20 @@ fn ensure_orthanc() -> anyhow::Result<()> {
     eprintln!("installing orthanc and orthanc-dicomweb with apt-get ...");
     let _ = Command::new("apt-get").arg("update").status();
     let ok = Command::new("apt-get")
-        .args(["install", "-y", "--no-install-recommends", "orthanc", "orthanc-dicomweb"])
+        .args([
+            "install",
+            "-y",
+            "--no-install-recommends",
+            "orthanc",
+            "orthanc-dicomweb",
+        ])
         .env("DEBIAN_FRONTEND", "noninteractive")
         .status()?
         .success();
-    ensure!(ok && plugin.exists(), "cannot install orthanc and orthanc-dicomweb");
+    ensure!(
+        ok && plugin.exists(),
+        "cannot install orthanc and orthanc-dicomweb"
+    );
     Ok(())
 }
 
@@ -820,7 +877,10 @@ fn start_orthanc(dir: &Path) -> anyhow::Result<Server> {
         if let Some(status) = child.try_wait()? {
             bail!("Orthanc exited before listening: {status}");
         }
-        ensure!(Instant::now() < deadline, "Orthanc did not listen on {http}");
+        ensure!(
+            Instant::now() < deadline,
+            "Orthanc did not listen on {http}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     Ok(Server {
@@ -892,9 +952,15 @@ impl Req {
     }
 
     fn is_study_qido(self) -> bool {
-        matches!(self, Req::QidoName | Req::QidoDateModality | Req::QidoAccession)
+        matches!(
+            self,
+            Req::QidoName | Req::QidoDateModality | Req::QidoAccession
+        )
     }
 }
+
+/// The timings of one server, per request kind.
+type Timings = BTreeMap<Req, Timing>;
 
 #[derive(Debug, Clone, Default)]
 struct Timing {
@@ -916,6 +982,12 @@ impl Timing {
         let rank = ((p * v.len() as f64).ceil() as usize).clamp(1, v.len());
         Some(v[rank - 1])
     }
+    fn mean_kb(&self) -> String {
+        if self.samples.is_empty() {
+            return "-".into();
+        }
+        format!("{:.1}", self.bytes as f64 / 1e3 / self.samples.len() as f64)
+    }
     fn mean_matches(&self) -> f64 {
         self.matches as f64 / self.samples.len().max(1) as f64
     }
@@ -928,8 +1000,12 @@ fn count(body: &[u8], needle: &[u8]) -> usize {
 /// Quarters (date ranges) of 2015..2024.
 fn quarter(rng: &mut Rng) -> String {
     let y = 2015 + rng.below(10);
-    let (a, b) = [("0101", "0331"), ("0401", "0630"), ("0701", "0930"), ("1001", "1231")]
-        [rng.below(4)];
+    let (a, b) = [
+        ("0101", "0331"),
+        ("0401", "0630"),
+        ("0701", "0930"),
+        ("1001", "1231"),
+    ][rng.below(4)];
     format!("{y}{a}-{y}{b}")
 }
 
@@ -964,7 +1040,12 @@ fn run_suite(
 
     // Warm the connection and the server's hot paths a little.
     for _ in 0..10 {
-        let _ = http.request("GET", "/dicom-web/studies?limit=1", Some("application/dicom+json"), b"")?;
+        let _ = http.request(
+            "GET",
+            "/dicom-web/studies?limit=1",
+            Some("application/dicom+json"),
+            b"",
+        )?;
     }
 
     let time = |http: &mut Http, t: &mut Timing, url: &str, accept: &str| -> anyhow::Result<()> {
@@ -1057,15 +1138,20 @@ fn run_suite(
                         push(st, se, info);
                     }
                 }
-                let url_of = |(st, se, mid): &(String, String, String), fallback: bool| {
-                    match (orthanc_ids, fallback) {
-                        (Some(ids), true) => format!("/instances/{}/preview", ids.get(mid).map_or("?", |s| s.as_str())),
-                        _ => format!("/dicom-web/studies/{st}/series/{se}/thumbnail"),
-                    }
+                let url_of = |(st, se, mid): &(String, String, String), fallback: bool| match (
+                    orthanc_ids,
+                    fallback,
+                ) {
+                    (Some(ids), true) => format!(
+                        "/instances/{}/preview",
+                        ids.get(mid).map_or("?", |s| s.as_str())
+                    ),
+                    _ => format!("/dicom-web/studies/{st}/series/{se}/thumbnail"),
                 };
                 let mut fallback = false;
                 if orthanc_ids.is_some() {
-                    let r = http.request("GET", &url_of(&series[0], false), Some("image/jpeg"), b"")?;
+                    let r =
+                        http.request("GET", &url_of(&series[0], false), Some("image/jpeg"), b"")?;
                     if r.status != 200 {
                         fallback = true;
                         t.note = Some(format!(
@@ -1085,7 +1171,12 @@ fn run_suite(
                 }
                 ensure!(!ok.is_empty(), "no series thumbnail could be made");
                 for i in 0..n {
-                    time(&mut http, &mut t, &url_of(&ok[i % ok.len()], fallback), accept)?;
+                    time(
+                        &mut http,
+                        &mut t,
+                        &url_of(&ok[i % ok.len()], fallback),
+                        accept,
+                    )?;
                 }
                 t.matches = 0;
             }
@@ -1097,7 +1188,9 @@ fn run_suite(
                 };
                 ensure!(!list.is_empty(), "no images to render");
                 let dicomweb = |(st, se, i): &(String, String, String), q: usize| {
-                    format!("/dicom-web/studies/{st}/series/{se}/instances/{i}/rendered?quality={q}")
+                    format!(
+                        "/dicom-web/studies/{st}/series/{se}/instances/{i}/rendered?quality={q}"
+                    )
                 };
                 let mut fallback = false;
                 if let Some(ids) = orthanc_ids {
@@ -1177,8 +1270,8 @@ fn main() -> anyhow::Result<()> {
             "studies={} per_study={} ct={} seed={}",
             args.studies, args.instances_per_study, args.ct_slices, args.seed
         );
-        let reusable = args.reuse
-            && std::fs::read_to_string(&marker).is_ok_and(|k| k.trim() == key);
+        let reusable =
+            args.reuse && std::fs::read_to_string(&marker).is_ok_and(|k| k.trim() == key);
         let info = if reusable {
             eprintln!("reusing the archive in {}", data_dir.display());
             DataInfo::load(&info_file)?
@@ -1224,14 +1317,22 @@ fn main() -> anyhow::Result<()> {
             "large archive: `pacs serve` listening after {up:.1} s, then busy for {:.0} s before idle (thumbnail worker)",
             busy.as_secs_f64()
         ));
-        eprintln!("timing requests against pacs-lite (large archive) ...");
+        eprintln!(
+            "timing requests against {} (large archive) ...",
+            server.name
+        );
+        let load_before = loadavg();
         let timings = run_suite(&server, Some(&token), &Flavor::Pacs, &info, &args)?;
+        notes.push(format!(
+            "machine load average (1 min) before / after timing the large archive: {load_before} / {}",
+            loadavg()
+        ));
         drop(server);
         large = Some((info, timings));
     }
 
     // --- 2. Side by side: pacs-lite and Orthanc on a small set -----------
-    let mut side: Option<(DataInfo, BTreeMap<Req, Timing>, Option<BTreeMap<Req, Timing>>)> = None;
+    let mut side: Option<(DataInfo, Timings, Option<Timings>)> = None;
     if args.small_studies > 0 {
         let dir = work.join("small");
         let _ = std::fs::remove_dir_all(&dir);
@@ -1244,13 +1345,23 @@ fn main() -> anyhow::Result<()> {
         specs.extend(extra_specs(args.seed, args.ct_slices));
         let mut files = Vec::new();
         eprintln!("building the side-by-side set ...");
-        let info = rt.block_on(build_archive(&data_dir, &specs, args.max_in_flight, Some(&mut files)))?;
+        let info = rt.block_on(build_archive(
+            &data_dir,
+            &specs,
+            args.max_in_flight,
+            Some(&mut files),
+        ))?;
         pacs_reindex(&pacs, &data_dir)?;
         let token = pacs_token(&pacs, &data_dir)?;
         let server = start_pacs(&pacs, &data_dir)?;
         wait_idle(server.child.id(), "pacs serve", Duration::from_secs(600));
         eprintln!("timing requests against pacs-lite (side-by-side set) ...");
+        let load_before = loadavg();
         let ours = run_suite(&server, Some(&token), &Flavor::Pacs, &info, &args)?;
+        notes.push(format!(
+            "machine load average (1 min) before / after timing pacs-lite on the side-by-side set: {load_before} / {}",
+            loadavg()
+        ));
         drop(server);
 
         let mut theirs = None;
@@ -1260,10 +1371,13 @@ fn main() -> anyhow::Result<()> {
             std::fs::create_dir_all(&odir)?;
             let server = start_orthanc(&odir)?;
             let mut http = Http::new(server.http, None);
-            eprintln!("loading {} files into Orthanc (POST /instances) ...", files.len());
+            eprintln!(
+                "loading {} files into Orthanc (POST /instances) ...",
+                files.len()
+            );
             let started = Instant::now();
             let mut sops = Vec::new();
-            for (_, s) in &info.studies {
+            for s in info.studies.values() {
                 for se in s.series.values() {
                     sops.extend(se.instances.iter().cloned());
                 }
@@ -1280,12 +1394,7 @@ fn main() -> anyhow::Result<()> {
             // Map SOP Instance UIDs to Orthanc ids.
             let mut by_sop = HashMap::new();
             for sop in sops {
-                let r = http.request(
-                    "POST",
-                    "/tools/lookup",
-                    None,
-                    sop.as_bytes(),
-                )?;
+                let r = http.request("POST", "/tools/lookup", None, sop.as_bytes())?;
                 if let Some(id) = orthanc_id(&r.body) {
                     by_sop.insert(sop, id);
                 }
@@ -1297,7 +1406,13 @@ fn main() -> anyhow::Result<()> {
             ));
             wait_idle(server.child.id(), "Orthanc", Duration::from_secs(600));
             eprintln!("timing requests against Orthanc ...");
-            theirs = Some(run_suite(&server, None, &Flavor::Orthanc(by_sop), &info, &args)?);
+            theirs = Some(run_suite(
+                &server,
+                None,
+                &Flavor::Orthanc(by_sop),
+                &info,
+                &args,
+            )?);
             drop(server);
         }
         side = Some((info, ours, theirs));
@@ -1317,8 +1432,10 @@ fn main() -> anyhow::Result<()> {
             args.requests,
             args.cr_requests
         );
-        println!("| request | p50 ms | p99 ms | target p99 | met | mean matches | errors |");
-        println!("|---|---:|---:|---:|---|---:|---:|");
+        println!(
+            "| request | p50 ms | p99 ms | target p99 | met | mean matches | mean KB | errors |"
+        );
+        println!("|---|---:|---:|---:|---|---:|---:|---:|");
         for (req, timing) in t {
             let p99 = timing.pct(0.99);
             let met = match p99 {
@@ -1332,7 +1449,7 @@ fn main() -> anyhow::Result<()> {
                 ""
             };
             println!(
-                "| {} | {} | {} | < {} ms{scale} | {met} | {} | {} |",
+                "| {} | {} | {} | < {} ms{scale} | {met} | {} | {} | {} |",
                 req.label(),
                 ms(timing.pct(0.5)),
                 ms(p99),
@@ -1342,6 +1459,7 @@ fn main() -> anyhow::Result<()> {
                 } else {
                     "-".into()
                 },
+                timing.mean_kb(),
                 timing.errors
             );
         }
@@ -1355,8 +1473,10 @@ fn main() -> anyhow::Result<()> {
             args.small_studies,
             args.ct_slices
         );
-        println!("| request | pacs p50 ms | pacs p99 ms | Orthanc p50 ms | Orthanc p99 ms | Orthanc p50 / pacs p50 | errors pacs/Orthanc |");
-        println!("|---|---:|---:|---:|---:|---:|---|");
+        println!(
+            "| request | pacs p50 ms | pacs p99 ms | Orthanc p50 ms | Orthanc p99 ms | Orthanc p50 / pacs p50 | mean KB pacs/Orthanc | errors pacs/Orthanc |"
+        );
+        println!("|---|---:|---:|---:|---:|---:|---|---|");
         for (req, t) in ours {
             let o = theirs.as_ref().and_then(|m| m.get(req));
             let ratio = match (t.pct(0.5), o.and_then(|o| o.pct(0.5))) {
@@ -1364,12 +1484,14 @@ fn main() -> anyhow::Result<()> {
                 _ => "-".into(),
             };
             println!(
-                "| {} | {} | {} | {} | {} | {ratio} | {}/{} |",
+                "| {} | {} | {} | {} | {} | {ratio} | {}/{} | {}/{} |",
                 req.label(),
                 ms(t.pct(0.5)),
                 ms(t.pct(0.99)),
                 ms(o.and_then(|o| o.pct(0.5))),
                 ms(o.and_then(|o| o.pct(0.99))),
+                t.mean_kb(),
+                o.map_or("-".into(), Timing::mean_kb),
                 t.errors,
                 o.map_or("-".into(), |o| o.errors.to_string())
             );
@@ -1382,20 +1504,32 @@ fn main() -> anyhow::Result<()> {
             }
             for (req, t) in theirs {
                 if let Some(e) = &t.first_error {
-                    println!("- Orthanc, {}: {} error(s), first: {e}", req.label(), t.errors);
+                    println!(
+                        "- Orthanc, {}: {} error(s), first: {e}",
+                        req.label(),
+                        t.errors
+                    );
                 }
             }
         }
         for (req, t) in ours {
             if let Some(e) = &t.first_error {
-                println!("- pacs-lite, {}: {} error(s), first: {e}", req.label(), t.errors);
+                println!(
+                    "- pacs-lite, {}: {} error(s), first: {e}",
+                    req.label(),
+                    t.errors
+                );
             }
         }
     }
     if let Some((_, t)) = &large {
         for (req, t) in t {
             if let Some(e) = &t.first_error {
-                println!("- pacs-lite large, {}: {} error(s), first: {e}", req.label(), t.errors);
+                println!(
+                    "- pacs-lite large, {}: {} error(s), first: {e}",
+                    req.label(),
+                    t.errors
+                );
             }
         }
     }

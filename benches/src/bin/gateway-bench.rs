@@ -147,11 +147,14 @@ fn start_pacs(binary: &Path, dir: &Path) -> anyhow::Result<Server> {
             &port.to_string(),
             "--http-port",
             "0",
+            "--mllp-port",
+            "0",
             "--ae-title",
             "PACS",
         ])
         .env("PACS_DICOM__LISTEN_ADDRESS", "127.0.0.1")
         .env("PACS_HTTP__LISTEN_ADDRESS", "127.0.0.1")
+        .env("PACS_MLLP__LISTEN_ADDRESS", "127.0.0.1")
         .env("PACS_DICOM__ACCEPT_ANY_CALLING_AE", "true")
         .env("PACS_DICOM__MAX_ASSOCIATIONS", "16")
         .env("PACS_LOG", "warn")
