@@ -574,9 +574,10 @@ async fn verify(archive: &Archive) -> anyhow::Result<ExitCode> {
         println!("damaged\t{uid}\t{detail}");
     }
     println!(
-        "verified {} instances: {} intact, {} damaged",
+        "verified {} instances and {} messages: {} intact, {} damaged",
         report.checked,
-        report.checked - report.damaged.len() as u64,
+        report.messages_checked,
+        report.checked + report.messages_checked - report.damaged.len() as u64,
         report.damaged.len()
     );
     Ok(if report.damaged.is_empty() {

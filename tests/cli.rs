@@ -157,7 +157,7 @@ fn import_reports_each_file_and_export_is_byte_identical() {
     let out = pacs(&data, &["verify"]);
     assert!(out.status.success(), "{}", stdout(&out));
     assert!(stdout(&out).contains(&format!(
-        "verified {} instances: {} intact, 0 damaged",
+        "verified {} instances and 0 messages: {} intact, 0 damaged",
         summary.files, summary.files
     )));
 

@@ -511,8 +511,12 @@ fn hl7_messages_acknowledged_before_a_kill_are_there_after_restart() {
     let acks = send(serve.mllp_port);
     assert_eq!(acks.matches("MSA|AA|").count(), messages.len(), "{acks}");
     drop(serve);
-    let (ok, out) = pacs(&data, &["stats"]);
+    let (ok, out) = pacs(&data, &["verify"]);
     assert!(ok, "{out}");
+    assert!(
+        out.contains(&format!("and {} messages", messages.len())),
+        "{out}"
+    );
     runtime.block_on(async {
         let archive = pacs_archive::Archive::open(pacs_archive::ArchiveConfig::embedded(&data))
             .await

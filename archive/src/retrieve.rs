@@ -15,26 +15,41 @@ pub fn sha256_hex(data: &[u8]) -> String {
 /// Decompress a blob and check it against the instance's recorded SHA-256
 /// and size. CPU-bound: call it on rayon.
 pub fn decode_blob(row: &InstanceRow, blob: &[u8]) -> Result<Bytes, ArchiveError> {
+    decode_verified(
+        &row.sop_instance_uid,
+        &row.blob_key,
+        &row.sha256,
+        row.original_size,
+        blob,
+    )
+}
+
+/// Decompress a blob and check it against a recorded SHA-256 and size;
+/// `what` names the object in the integrity error (a SOP Instance UID, a
+/// message). CPU-bound: call it on rayon.
+pub fn decode_verified(
+    what: &str,
+    blob_key: &str,
+    sha256: &str,
+    original_size: i64,
+    blob: &[u8],
+) -> Result<Bytes, ArchiveError> {
     let integrity = |detail: String| ArchiveError::Integrity {
-        sop_instance_uid: row.sop_instance_uid.clone(),
-        blob_key: row.blob_key.clone(),
+        sop_instance_uid: what.to_owned(),
+        blob_key: blob_key.to_owned(),
         detail,
     };
-    let original = zstd::bulk::decompress(blob, row.original_size.max(0) as usize)
+    let original = zstd::bulk::decompress(blob, original_size.max(0) as usize)
         .map_err(|e| integrity(format!("blob does not decompress: {e}")))?;
-    if original.len() as i64 != row.original_size {
+    if original.len() as i64 != original_size {
         return Err(integrity(format!(
-            "decompressed to {} bytes, expected {}",
-            original.len(),
-            row.original_size
+            "decompressed to {} bytes, expected {original_size}",
+            original.len()
         )));
     }
     let actual = sha256_hex(&original);
-    if actual != row.sha256 {
-        return Err(integrity(format!(
-            "SHA-256 is {actual}, expected {}",
-            row.sha256
-        )));
+    if actual != sha256 {
+        return Err(integrity(format!("SHA-256 is {actual}, expected {sha256}")));
     }
     Ok(Bytes::from(original))
 }

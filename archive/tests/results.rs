@@ -286,3 +286,43 @@ async fn a_report_that_comes_first_is_linked_when_the_images_come() {
         .unwrap();
     assert_eq!(reports.len(), 1, "the early report is linked to the study");
 }
+
+#[tokio::test]
+async fn verify_rehashes_message_blobs_and_names_a_damaged_one() {
+    let (dir, archive) = open().await;
+    let raw = Bytes::from_static(b"MSH|^~\\&|LAB|GENERAL|||20261101||ORU^R01|MSG9|P|2.5.1");
+    let receipt = archive
+        .ingest_message(
+            raw.clone(),
+            message("MSG9", "P7", vec![hgb(14.1, "F")]),
+            src(),
+        )
+        .await;
+    let MessageReceipt::Stored { message_id, .. } = receipt else {
+        panic!("{receipt}");
+    };
+    assert_eq!(archive.retrieve_message(message_id).await.unwrap(), raw);
+    let report = archive.verify(|_| {}).await.unwrap();
+    assert_eq!(report.messages_checked, 1);
+    assert!(report.damaged.is_empty());
+    // Damage the stored blob: verify and retrieval both say so.
+    let path = first_file(dir.path().join("objects/messages"));
+    let mut bytes = std::fs::read(&path).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xFF;
+    std::fs::write(&path, bytes).unwrap();
+    let report = archive.verify(|_| {}).await.unwrap();
+    assert_eq!(report.damaged.len(), 1);
+    assert_eq!(report.damaged[0].0, format!("message {message_id}"));
+    assert!(archive.retrieve_message(message_id).await.is_err());
+}
+
+fn first_file(p: std::path::PathBuf) -> std::path::PathBuf {
+    for e in std::fs::read_dir(&p).unwrap().flatten() {
+        if e.path().is_dir() {
+            return first_file(e.path());
+        }
+        return e.path();
+    }
+    panic!("no file under {}", p.display())
+}

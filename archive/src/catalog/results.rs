@@ -212,6 +212,30 @@ impl Catalog {
         })
     }
 
+    /// (id, SHA-256, blob key, original size) of every recorded message.
+    pub async fn message_blobs(&self) -> Result<Vec<(i64, String, String, i64)>, ArchiveError> {
+        let rows =
+            sqlx::query("SELECT id, sha256, blob_key, original_size FROM messages ORDER BY id")
+                .fetch_all(&self.reader)
+                .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?)))
+            .collect()
+    }
+
+    /// (SHA-256, blob key, original size) of one message.
+    pub async fn message_blob(
+        &self,
+        message_id: i64,
+    ) -> Result<Option<(String, String, i64)>, ArchiveError> {
+        let row = sqlx::query("SELECT sha256, blob_key, original_size FROM messages WHERE id = $1")
+            .bind(message_id)
+            .fetch_optional(&self.reader)
+            .await?;
+        row.map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)))
+            .transpose()
+    }
+
     /// The reports linked to a study, oldest first: (report id, text).
     pub async fn study_reports(
         &self,
