@@ -318,11 +318,14 @@ async fn verify_rehashes_message_blobs_and_names_a_damaged_one() {
 }
 
 fn first_file(p: std::path::PathBuf) -> std::path::PathBuf {
-    for e in std::fs::read_dir(&p).unwrap().flatten() {
-        if e.path().is_dir() {
-            return first_file(e.path());
-        }
-        return e.path();
+    let entry = std::fs::read_dir(&p)
+        .unwrap()
+        .flatten()
+        .next()
+        .unwrap_or_else(|| panic!("nothing under {}", p.display()));
+    if entry.path().is_dir() {
+        first_file(entry.path())
+    } else {
+        entry.path()
     }
-    panic!("no file under {}", p.display())
 }
