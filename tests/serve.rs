@@ -437,6 +437,18 @@ fn mllp_send() -> Option<std::path::PathBuf> {
     bin
 }
 
+/// The first PID-3 identifier of a message.
+fn pid3(message: &[u8]) -> String {
+    let text = String::from_utf8_lossy(message);
+    let pid = text
+        .split(['\r', '\n'])
+        .find(|l| l.starts_with("PID|"))
+        .expect("a PID segment");
+    let field = pid.split('|').nth(3).unwrap();
+    let first = field.split('~').next().unwrap();
+    first.split('^').next().unwrap().to_owned()
+}
+
 /// (MSH-3|MSH-4, MSH-10) of a message: the archive's key of it.
 fn hl7_key(message: &[u8]) -> (String, String) {
     let text = String::from_utf8_lossy(message);
@@ -510,6 +522,43 @@ fn hl7_messages_acknowledged_before_a_kill_are_there_after_restart() {
     let serve = start(&data);
     let acks = send(serve.mllp_port);
     assert_eq!(acks.matches("MSA|AA|").count(), messages.len(), "{acks}");
+    // The results read back through the HTTP API, per patient and per test.
+    let (ok, token) = pacs(
+        &data,
+        &["token", "issue", "--role", "clinician", "--name", "lab"],
+    );
+    assert!(ok, "{token}");
+    let token = token.trim();
+    let (status, _) = http_get(serve.http_port, "pacs_forged", "/api/patients/x/results");
+    assert_eq!(status, 401);
+    let mut numeric_results = 0;
+    for m in &messages {
+        let patient = pid3(m);
+        let (status, body) = http_get(
+            serve.http_port,
+            token,
+            &format!("/api/patients/{patient}/results"),
+        );
+        assert_eq!(status, 200, "{body}");
+        let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let results = json["results"].as_array().unwrap();
+        assert!(!results.is_empty(), "no results for {patient}: {body}");
+        numeric_results += results
+            .iter()
+            .filter(|r| r["observation"]["numeric_value"].is_number())
+            .count();
+        // Every result's history is readable, oldest first.
+        let code = results[0]["observation"]["code"]["code"].as_str().unwrap();
+        let (status, body) = http_get(
+            serve.http_port,
+            token,
+            &format!("/api/patients/{patient}/results/{code}"),
+        );
+        assert_eq!(status, 200, "{body}");
+        let history: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert!(!history["points"].as_array().unwrap().is_empty(), "{body}");
+    }
+    assert!(numeric_results > 0, "lab values come back as numbers");
     drop(serve);
     let (ok, out) = pacs(&data, &["verify"]);
     assert!(ok, "{out}");

@@ -23,7 +23,7 @@ impl MessageFormat {
 }
 
 /// A code from a coding system (LOINC, a local code...).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(serde::Serialize, Debug, Clone, Default, PartialEq, Eq)]
 pub struct Coding {
     pub code: Option<String>,
     pub display: Option<String>,
@@ -47,7 +47,7 @@ pub struct ResultPatient {
 }
 
 /// One result (HL7 OBX, FHIR Observation).
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(serde::Serialize, Debug, Clone, Default, PartialEq)]
 pub struct ResultObservation {
     pub code: Coding,
     /// HL7 value type (NM, ST, TX, FT, CE, CWE, SN...).
@@ -74,7 +74,7 @@ impl ResultObservation {
 }
 
 /// One report or order group (HL7 OBR and its OBX, FHIR DiagnosticReport).
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(serde::Serialize, Debug, Clone, Default, PartialEq)]
 pub struct ResultReport {
     pub placer_number: Option<String>,
     pub filler_number: Option<String>,
@@ -174,11 +174,20 @@ pub fn message_key(sha256_hex: &str) -> String {
 }
 
 /// One stored result as the catalog gives it back.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(serde::Serialize, Debug, Clone, PartialEq)]
 pub struct StoredObservation {
     pub id: i64,
     pub report_id: i64,
     pub observation: ResultObservation,
     /// The id of the result that corrected this one, if any.
     pub superseded_by: Option<i64>,
+}
+
+/// One stored report as the catalog gives it back (without its results).
+#[derive(serde::Serialize, Debug, Clone, PartialEq)]
+pub struct StoredReport {
+    pub id: i64,
+    /// The Patient ID it is filed under.
+    pub patient_id: Option<String>,
+    pub report: ResultReport,
 }

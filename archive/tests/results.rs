@@ -237,8 +237,12 @@ async fn a_report_is_linked_to_its_study_by_accession_number() {
         .unwrap();
     assert_eq!(reports.len(), 1);
     assert_eq!(
-        reports[0].1.as_deref(),
+        reports[0].report.report_text.as_deref(),
         Some("FINDINGS: No acute abnormality.")
+    );
+    assert_eq!(
+        reports[0].patient_id.as_deref(),
+        Some(ct.patient_id.as_str())
     );
 }
 

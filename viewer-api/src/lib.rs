@@ -7,6 +7,7 @@ pub mod error;
 pub mod frames;
 pub mod metrics;
 pub mod render;
+pub mod results;
 pub mod router;
 pub mod state;
 pub mod thumbnails;

@@ -12,6 +12,7 @@ use crate::auth;
 use crate::dicomweb::{qido, stow, wado, wado_uri};
 use crate::error::ApiError;
 use crate::metrics;
+use crate::results;
 use crate::state::AppState;
 
 /// The DICOMweb routes, relative to `/dicom-web`.
@@ -114,6 +115,15 @@ pub fn router(state: AppState) -> Router {
     let protected = Router::new()
         .nest("/dicom-web", dicomweb())
         .route("/wado", get(wado_uri::get))
+        .route("/api/studies/{study}/reports", get(results::study_reports))
+        .route(
+            "/api/patients/{patient}/results",
+            get(results::patient_results),
+        )
+        .route(
+            "/api/patients/{patient}/results/{code}",
+            get(results::test_history),
+        )
         .route("/metrics", get(metrics_text))
         .route_layer(from_fn_with_state(state.clone(), auth::authorize));
     let app = Router::new()

@@ -20,6 +20,9 @@ CREATE TABLE messages (
     UNIQUE (sender, control_id)
 );
 
+-- Results are looked up by Patient ID (with or without its issuer).
+CREATE INDEX patients_patient_id ON patients (patient_id);
+
 -- One report / order group (HL7 OBR, FHIR DiagnosticReport).
 CREATE TABLE reports (
     id                 INTEGER PRIMARY KEY,

@@ -6,7 +6,9 @@ use sqlx::Row;
 use super::{Catalog, PatientRow, now_rfc3339, upsert_patient};
 use crate::error::ArchiveError;
 use crate::model::patient_key;
-use crate::results::{Coding, ResultMessage, ResultObservation, StoredObservation};
+use crate::results::{
+    Coding, ResultMessage, ResultObservation, ResultReport, StoredObservation, StoredReport,
+};
 
 /// The stored raw message a record refers to.
 #[derive(Debug, Clone)]
@@ -236,40 +238,66 @@ impl Catalog {
             .transpose()
     }
 
-    /// The reports linked to a study, oldest first: (report id, text).
+    /// The reports linked to a study, oldest first.
     pub async fn study_reports(
         &self,
         study_instance_uid: &str,
-    ) -> Result<Vec<(i64, Option<String>)>, ArchiveError> {
+    ) -> Result<Vec<StoredReport>, ArchiveError> {
         let rows = sqlx::query(
-            "SELECT id, report_text FROM reports WHERE study_instance_uid = $1 ORDER BY id",
+            "SELECT r.id, p.patient_id, r.placer_number, r.filler_number, r.accession_number, \
+             r.service_code, r.service_display, r.service_system, r.observed_at, r.status, \
+             r.report_text, r.study_instance_uid \
+             FROM reports r JOIN patients p ON p.id = r.patient_pk \
+             WHERE r.study_instance_uid = $1 ORDER BY r.id",
         )
         .bind(study_instance_uid)
         .fetch_all(&self.reader)
         .await?;
         rows.iter()
-            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+            .map(|r| {
+                Ok(StoredReport {
+                    id: r.try_get(0)?,
+                    patient_id: r.try_get(1)?,
+                    report: ResultReport {
+                        placer_number: r.try_get(2)?,
+                        filler_number: r.try_get(3)?,
+                        accession_number: r.try_get(4)?,
+                        service: Coding {
+                            code: r.try_get(5)?,
+                            display: r.try_get(6)?,
+                            system: r.try_get(7)?,
+                        },
+                        observed_at: r.try_get(8)?,
+                        status: r.try_get(9)?,
+                        report_text: r.try_get(10)?,
+                        study_instance_uid: r.try_get(11)?,
+                        observations: Vec::new(),
+                    },
+                })
+            })
             .collect()
     }
 
-    /// A patient's results, oldest first; only `code` if given. Corrected
-    /// results are included with `superseded_by` set: a test's history.
+    /// A patient's results (by Patient ID, within `issuer` when given),
+    /// oldest first; only `code` if given. Corrected results are included
+    /// with `superseded_by` set: a test's history.
     pub async fn patient_observations(
         &self,
         patient_id: &str,
         issuer: Option<&str>,
         code: Option<&str>,
     ) -> Result<Vec<StoredObservation>, ArchiveError> {
-        let key = patient_key(Some(patient_id), issuer, None, None);
         let rows = sqlx::query(
             "SELECT o.id, o.report_id, o.code, o.code_display, o.code_system, o.value_type, o.value, \
              o.numeric_value, o.units, o.reference_range, o.abnormal_flags, o.status, o.observed_at, \
              o.notes, o.superseded_by \
              FROM observations o JOIN patients p ON p.id = o.patient_pk \
-             WHERE p.patient_key = $1 AND ($2 IS NULL OR o.code = $2) \
+             WHERE p.patient_id = $1 AND ($2 IS NULL OR p.issuer_of_patient_id = $2) \
+             AND ($3 IS NULL OR o.code = $3) \
              ORDER BY o.observed_at, o.id",
         )
-        .bind(key)
+        .bind(patient_id)
+        .bind(issuer)
         .bind(code)
         .fetch_all(&self.reader)
         .await?;

@@ -50,6 +50,8 @@ pub enum Action {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Target {
     pub study: Option<String>,
+    /// The Patient ID in the path (`/api/patients/{patient}/...`).
+    pub patient: Option<String>,
 }
 
 /// The rows a principal may see in search answers.
@@ -99,7 +101,7 @@ pub fn action_for(method: &Method, route: &str) -> Option<Action> {
     if route == "/metrics" {
         return reading.then_some(Action::Administer);
     }
-    if route == "/wado" {
+    if route == "/wado" || route.starts_with("/api/") {
         return reading.then_some(Action::Read);
     }
     let rest = route.strip_prefix("/dicom-web")?;
@@ -247,12 +249,16 @@ pub async fn authorize(
             route
         ))
     })?;
-    let target = Target {
-        study: params.as_ref().and_then(|p| {
+    let param = |wanted: &str| {
+        params.as_ref().and_then(|p| {
             p.iter()
-                .find(|(name, _)| *name == "study")
+                .find(|(name, _)| *name == wanted)
                 .map(|(_, value)| value.to_owned())
-        }),
+        })
+    };
+    let target = Target {
+        study: param("study"),
+        patient: param("patient"),
     };
     state
         .policy()
@@ -289,6 +295,14 @@ mod tests {
             None
         );
         assert_eq!(action_for(&Method::GET, "/admin/anything"), None);
+        assert_eq!(
+            action_for(&Method::GET, "/api/patients/{patient}/results"),
+            Some(Action::Read)
+        );
+        assert_eq!(
+            action_for(&Method::POST, "/api/patients/{patient}/results"),
+            None
+        );
     }
 
     #[test]
