@@ -189,10 +189,6 @@ impl<S: MessageSink> MllpServer<S> {
         &self.shared.config
     }
 
-    pub fn sink(&self) -> &S {
-        &self.shared.sink
-    }
-
     /// Serve connections on `listener` until `shutdown` completes, then
     /// drain: messages being processed get `shutdown_grace_secs`.
     pub async fn serve(

@@ -1,6 +1,6 @@
 #![doc = include_str!("../README.md")]
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -81,7 +81,6 @@ struct Inner {
     indexed_seq: AtomicI64,
     /// Serialises catch-ups and rebuilds (read feed -> write -> commit).
     apply: tokio::sync::Mutex<()>,
-    dir: PathBuf,
 }
 
 /// Whether a file in an index directory is one tantivy manages (and a
@@ -161,7 +160,6 @@ impl StudyIndex {
             writer: Mutex::new(writer),
             indexed_seq: AtomicI64::new(seq),
             apply: tokio::sync::Mutex::new(()),
-            dir: dir.to_owned(),
         };
         if fresh {
             inner.commit(&mut inner.lock_writer(), 0)?;
@@ -170,11 +168,6 @@ impl StudyIndex {
         Ok(Arc::new(StudyIndex {
             inner: Arc::new(inner),
         }))
-    }
-
-    /// The directory of the index.
-    pub fn dir(&self) -> &Path {
-        &self.inner.dir
     }
 
     /// The last change seq reflected in committed, searchable state.

@@ -105,10 +105,6 @@ impl DicomJson {
         }
     }
 
-    pub fn has(&self, tag: u32) -> bool {
-        self.elements.iter().any(|(t, _)| *t == tag)
-    }
-
     pub fn finish(mut self) -> Value {
         self.elements.sort_by_key(|(t, _)| *t);
         let mut map = Map::with_capacity(self.elements.len());
