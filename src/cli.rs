@@ -14,7 +14,7 @@ use pacs_archive::catalog::TokenRole;
 use pacs_archive::{Archive, IngestReceipt, IngestSource};
 use pacs_dicom_gateway::{Gateway, GatewayConfig};
 use pacs_hl7_gateway::{ArchiveSink, MllpConfig, MllpServer};
-use pacs_indexer::StudyIndex;
+use pacs_indexer::{DocKind, StudyIndex, TextSearch};
 use pacs_viewer_api::metrics::Sample;
 use pacs_viewer_api::{AppState, HttpConfig};
 
@@ -85,11 +85,43 @@ enum Command {
     /// Rebuild the search index from the catalog (while `pacs serve` is
     /// stopped).
     Reindex,
+    /// Full-text search of studies, reports and lab results (the search
+    /// index; works while `pacs serve` runs).
+    Search(SearchArgs),
     /// Bearer tokens of the HTTP API.
     Token {
         #[command(subcommand)]
         action: TokenCommand,
     },
+}
+
+#[derive(Debug, Args)]
+struct SearchArgs {
+    /// Words to find (all of them), "a phrase", OR, -word; empty: the
+    /// newest records that pass the filters.
+    #[arg(default_value = "")]
+    query: String,
+    /// Only this Patient ID.
+    #[arg(long)]
+    patient: Option<String>,
+    /// From this date (YYYY-MM-DD or YYYYMMDD), inclusive.
+    #[arg(long)]
+    from: Option<String>,
+    /// Up to this date, inclusive.
+    #[arg(long)]
+    to: Option<String>,
+    /// Only studies of (or reports on studies of) this modality.
+    #[arg(long)]
+    modality: Option<String>,
+    /// study, report or lab (repeat or comma-separate for several).
+    #[arg(long, value_delimiter = ',')]
+    kind: Vec<String>,
+    /// Most hits to print.
+    #[arg(long, default_value_t = 20)]
+    limit: usize,
+    /// Print the hits as JSON (one object per line).
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -154,6 +186,7 @@ impl Cli {
                 serve(archive, dicom, http, mllp).await
             }
             Command::Reindex => reindex(&archive).await,
+            Command::Search(args) => search(&archive, args).await,
             Command::Token { action } => token(&archive, action).await,
             Command::Import { path, list } => import(&archive, &path, list).await,
             Command::Export { out, study } => export(&archive, &out, study.as_deref()).await,
@@ -341,15 +374,121 @@ async fn reindex(archive: &Archive) -> anyhow::Result<ExitCode> {
         bar.set_length(total);
         bar.set_position(done);
     };
-    let studies = index
+    let documents = index
         .rebuild(archive.catalog(), &progress)
         .await
         .context("reindex failed")?;
     bar.finish_and_clear();
     eprintln!(
-        "reindex: {studies} studies indexed in {:.1} s",
+        "reindex: {documents} documents indexed ({} studies, {} reports, {} lab panels) in {:.1} s",
+        index.count(DocKind::Study),
+        index.count(DocKind::Report),
+        index.count(DocKind::Lab),
         started.elapsed().as_secs_f64()
     );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The search index for a search: opened for writing and caught up with
+/// the catalog when no `pacs serve` holds it, read-only otherwise (the
+/// server keeps it current).
+async fn index_for_search(archive: &Archive) -> anyhow::Result<std::sync::Arc<StudyIndex>> {
+    let dir = index_dir(archive);
+    match StudyIndex::open(&dir) {
+        Ok(index) => {
+            index
+                .catch_up(archive.catalog())
+                .await
+                .context("cannot bring the search index up to date")?;
+            Ok(index)
+        }
+        Err(pacs_indexer::IndexError::Tantivy(pacs_indexer::TantivyError::LockFailure(..))) => {
+            StudyIndex::open_read_only(&dir).context("cannot open the search index")
+        }
+        Err(e) => Err(e).context("cannot open the search index"),
+    }
+}
+
+/// `<b>word</b>` highlighting and HTML escapes of a snippet as plain text
+/// with the matched words in `*`.
+fn plain_snippet(html: &str) -> String {
+    html.replace("<b>", "*")
+        .replace("</b>", "*")
+        .replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&quot;", "\"")
+        .replace("&#x27;", "'")
+        .replace("&amp;", "&")
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+async fn search(archive: &Archive, args: SearchArgs) -> anyhow::Result<ExitCode> {
+    let date = |name: &str, value: Option<String>| -> anyhow::Result<Option<String>> {
+        value
+            .map(|v| pacs_viewer_api::search::date_param(name, &v).map_err(anyhow::Error::msg))
+            .transpose()
+    };
+    let mut kinds = Vec::new();
+    for k in &args.kind {
+        kinds.push(
+            DocKind::parse(k.trim())
+                .with_context(|| format!("--kind {k:?}: expected study, report or lab"))?,
+        );
+    }
+    let query = TextSearch {
+        q: args.query,
+        kinds,
+        patient_ids: args.patient.map(|p| vec![p]),
+        date_from: date("--from", args.from)?,
+        date_to: date("--to", args.to)?,
+        modality: args.modality.map(|m| m.to_uppercase()),
+        limit: args.limit.max(1),
+        offset: 0,
+    };
+    let index = index_for_search(archive).await?;
+    let page = index.search_text(&query).context("search failed")?;
+    for hit in &page.hits {
+        if args.json {
+            println!("{}", serde_json::to_string(hit)?);
+            continue;
+        }
+        let (date, patient, what) = match (&hit.study, &hit.report) {
+            (Some(s), _) => (
+                s.study_date.clone(),
+                s.patient_id.clone(),
+                format!(
+                    "{} [{}] {}",
+                    s.study_description.as_deref().unwrap_or("(no description)"),
+                    s.modalities.join(","),
+                    s.study_instance_uid
+                ),
+            ),
+            (None, Some(r)) => (
+                r.observed_at.as_ref().map(|d| d.chars().take(8).collect()),
+                r.patient_id.clone(),
+                format!(
+                    "{} (report {})",
+                    r.title.as_deref().unwrap_or("(untitled)"),
+                    r.report_id
+                ),
+            ),
+            (None, None) => (None, None, String::new()),
+        };
+        println!(
+            "{:<6} {:<8} {:<14} {}",
+            hit.kind.name(),
+            date.unwrap_or_default(),
+            patient.unwrap_or_default(),
+            what
+        );
+        let snippet = plain_snippet(&hit.snippet);
+        if !snippet.is_empty() {
+            println!("       {snippet}");
+        }
+    }
+    eprintln!("{} of {} matches", page.hits.len(), page.total);
     Ok(ExitCode::SUCCESS)
 }
 

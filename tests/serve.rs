@@ -559,7 +559,48 @@ fn hl7_messages_acknowledged_before_a_kill_are_there_after_restart() {
         assert!(!history["points"].as_array().unwrap().is_empty(), "{body}");
     }
     assert!(numeric_results > 0, "lab values come back as numbers");
+    // Found by full text: over HTTP, and with `pacs search` while the
+    // server holds the index (read-only) and after it stopped.
+    let panels_with_hemoglobin = (0..messages.len())
+        .filter(|&n| {
+            matches!(
+                pacs_fixtures::hl7::OruKind::of(n),
+                pacs_fixtures::hl7::OruKind::CompleteBloodCount
+                    | pacs_fixtures::hl7::OruKind::CorrectedResult
+            )
+        })
+        .count();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let (status, body) = http_get(serve.http_port, token, "/api/search?q=hemoglobin&kind=lab");
+        assert_eq!(status, 200, "{body}");
+        let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+        if json["total"].as_u64() == Some(panels_with_hemoglobin as u64) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{body}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (status, body) = http_get(serve.http_port, token, "/api/search?from=tomorrow");
+    assert_eq!(status, 400, "{body}");
+    let (ok, out) = pacs(&data, &["search", "718-7", "--kind", "lab", "--json"]);
+    assert!(ok, "{out}");
+    assert_eq!(out.lines().count(), panels_with_hemoglobin, "{out}");
     drop(serve);
+    let (ok, out) = pacs(&data, &["search", "--kind", "report"]);
+    assert!(ok, "{out}");
+    let reports = (0..messages.len())
+        .filter(|&n| {
+            pacs_fixtures::hl7::OruKind::of(n) == pacs_fixtures::hl7::OruKind::RadiologyReport
+        })
+        .count();
+    assert_eq!(
+        out.lines().filter(|l| l.starts_with("report ")).count(),
+        reports,
+        "{out}"
+    );
+    let (ok, _) = pacs(&data, &["search", "x", "--from", "2024-02-31"]);
+    assert!(!ok, "an impossible date is refused");
     let (ok, out) = pacs(&data, &["verify"]);
     assert!(ok, "{out}");
     assert!(

@@ -415,13 +415,19 @@ pub struct Condition {
     pub matcher: Matcher,
 }
 
-/// A query at one level: the conditions to match (all of them), and whether
-/// person names may match fuzzily.
+/// A query at one level: the conditions to match (all of them), whether
+/// person names may match fuzzily, and (study level) words the study's
+/// report text must hold.
 #[derive(Debug, Clone)]
 pub struct Query {
     pub level: Level,
     pub conditions: Vec<Condition>,
     pub fuzzy: bool,
+    /// Full text the study's reports must match (every word). The search
+    /// index matches words (stemmed, case- and accent-insensitive); the
+    /// catalog, answering only when the index cannot, matches each word as
+    /// a case-insensitive substring.
+    pub report_text: Option<String>,
 }
 
 impl Query {
@@ -430,6 +436,7 @@ impl Query {
             level,
             conditions: Vec::new(),
             fuzzy: false,
+            report_text: None,
         }
     }
 
@@ -461,6 +468,17 @@ impl Query {
         let mut parts = Vec::new();
         for c in &self.conditions {
             parts.push(sql_condition(c.attribute, &c.matcher, binds));
+        }
+        if let Some(text) = &self.report_text {
+            for word in text.split_whitespace() {
+                let pattern = format!("%{}%", word.to_lowercase().replace(['%', '_'], ""));
+                binds.push(pattern);
+                parts.push(format!(
+                    "EXISTS (SELECT 1 FROM reports r WHERE r.study_instance_uid = st.study_instance_uid \
+                     AND LOWER(r.report_text) LIKE ${})",
+                    binds.len()
+                ));
+            }
         }
         (!parts.is_empty()).then(|| parts.join(" AND "))
     }

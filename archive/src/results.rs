@@ -23,7 +23,7 @@ impl MessageFormat {
 }
 
 /// A code from a coding system (LOINC, a local code...).
-#[derive(serde::Serialize, Debug, Clone, Default, PartialEq, Eq)]
+#[derive(serde::Serialize, serde::Deserialize, Debug, Clone, Default, PartialEq, Eq)]
 pub struct Coding {
     pub code: Option<String>,
     pub display: Option<String>,

@@ -1,11 +1,14 @@
 #![doc = include_str!("../README.md")]
 
+use std::collections::HashMap;
+use std::ops::{Deref, DerefMut};
 use std::path::Path;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use pacs_archive::catalog::Catalog;
+use pacs_archive::catalog::{Catalog, ReportRecord};
 use pacs_archive::query::Query;
+use tantivy::collector::Count;
 use tantivy::query::TermQuery;
 use tantivy::schema::{IndexRecordOption, Value};
 use tantivy::{Index, IndexReader, IndexWriter, ReloadPolicy, TantivyDocument, Term};
@@ -14,10 +17,17 @@ pub mod fold;
 mod follower;
 pub mod schema;
 mod search;
+pub mod text;
 
+pub use schema::DocKind;
 pub use search::can_answer;
+pub use tantivy::TantivyError;
+pub use text::{TextHit, TextPage, TextSearch};
 
-use schema::{Fields, SCHEMA_VERSION, build_schema, study_doc, to_document};
+use schema::{
+    Fields, SCHEMA_VERSION, WORDS, build_schema, report_document, study_doc, to_document,
+    words_analyzer,
+};
 
 /// The one error type of the indexer.
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +44,8 @@ pub enum IndexError {
     Document(#[from] serde_json::Error),
     #[error("index task: {0}")]
     Task(String),
+    #[error("the index is open read-only (another process writes it)")]
+    ReadOnly,
 }
 
 /// One study as the index knows it: what a study-level QIDO or C-FIND
@@ -61,22 +73,25 @@ struct CommitPayload {
 const CHANGE_BATCH: i64 = 2_000;
 /// Changes applied between commits during a long catch-up.
 const COMMIT_EVERY: u64 = 50_000;
-/// Studies read per catalog round trip during a rebuild.
+/// Studies or reports read per catalog round trip during a rebuild.
 const REBUILD_BATCH: i64 = 1_000;
 /// Memory of the one indexing thread.
 const WRITER_MEMORY: usize = 64_000_000;
 
-/// The study index: one tantivy document per study, derived from the
-/// catalog and following its change feed. Always rebuildable.
+/// The search index: one tantivy document per study and one per report or
+/// lab panel, derived from the catalog and following its change feed.
+/// Always rebuildable.
 pub struct StudyIndex {
     inner: Arc<Inner>,
 }
 
 struct Inner {
+    index: Index,
     fields: Fields,
     reader: IndexReader,
-    /// The one writer; used only on blocking threads.
-    writer: Mutex<IndexWriter>,
+    /// The one writer (none when opened read-only); used only on blocking
+    /// threads.
+    writer: Mutex<Option<IndexWriter>>,
     /// The last change seq reflected in committed, searchable state.
     indexed_seq: AtomicI64,
     /// Serialises catch-ups and rebuilds (read feed -> write -> commit).
@@ -115,9 +130,41 @@ fn read_payload(index: &Index) -> Option<CommitPayload> {
 }
 
 impl StudyIndex {
+    /// Open the index in `dir` for searching only, while another process
+    /// (`pacs serve`) writes it: it must exist with this schema version.
+    pub fn open_read_only(dir: &Path) -> Result<Arc<Self>, IndexError> {
+        let index = Index::open_in_dir(dir)?;
+        let (schema, fields) = build_schema();
+        let seq = match read_payload(&index) {
+            Some(p) if p.schema_version == SCHEMA_VERSION && index.schema() == schema => p.seq,
+            _ => {
+                return Err(IndexError::Query(format!(
+                    "the index in {} has another schema version: run `pacs reindex`",
+                    dir.display()
+                )));
+            }
+        };
+        index.tokenizers().register(WORDS, words_analyzer());
+        let reader: IndexReader = index
+            .reader_builder()
+            .reload_policy(ReloadPolicy::Manual)
+            .try_into()?;
+        Ok(Arc::new(StudyIndex {
+            inner: Arc::new(Inner {
+                index,
+                fields,
+                reader,
+                writer: Mutex::new(None),
+                indexed_seq: AtomicI64::new(seq),
+                apply: tokio::sync::Mutex::new(()),
+            }),
+        }))
+    }
+
     /// Open the index in `dir`, creating it if missing. An index written by
     /// another schema version (or never committed by this code) is wiped and
     /// recreated empty, with indexed seq 0: the next catch-up rebuilds it.
+    /// Fails with a lock error while another process has it open for writing.
     pub fn open(dir: &Path) -> Result<Arc<Self>, IndexError> {
         std::fs::create_dir_all(dir)?;
         let (schema, fields) = build_schema();
@@ -149,20 +196,22 @@ impl StudyIndex {
             Some(index) => index,
             None => Index::create_in_dir(dir, schema)?,
         };
+        index.tokenizers().register(WORDS, words_analyzer());
         let writer: IndexWriter = index.writer_with_num_threads(1, WRITER_MEMORY)?;
         let reader: IndexReader = index
             .reader_builder()
             .reload_policy(ReloadPolicy::Manual)
             .try_into()?;
         let inner = Inner {
+            index,
             fields,
             reader,
-            writer: Mutex::new(writer),
+            writer: Mutex::new(Some(writer)),
             indexed_seq: AtomicI64::new(seq),
             apply: tokio::sync::Mutex::new(()),
         };
         if fresh {
-            inner.commit(&mut inner.lock_writer(), 0)?;
+            inner.commit(&mut *inner.lock_writer()?, 0)?;
         }
         tracing::info!(dir = %dir.display(), indexed_seq = seq, "study index open");
         Ok(Arc::new(StudyIndex {
@@ -177,7 +226,30 @@ impl StudyIndex {
 
     /// Number of studies in the searchable state.
     pub fn num_studies(&self) -> u64 {
-        self.inner.reader.searcher().num_docs()
+        self.count(DocKind::Study)
+    }
+
+    /// Number of documents of `kind` in the searchable state.
+    pub fn count(&self, kind: DocKind) -> u64 {
+        let query = TermQuery::new(
+            Term::from_field_text(self.inner.fields.kind, kind.name()),
+            IndexRecordOption::Basic,
+        );
+        self.inner
+            .reader
+            .searcher()
+            .search(&query, &Count)
+            .map_or(0, |n| n as u64)
+    }
+
+    /// Make the searchable state the newest committed one (for an index
+    /// opened read-only while another process writes it).
+    pub fn refresh(&self) -> Result<(), IndexError> {
+        self.inner.reader.reload()?;
+        if let Some(p) = read_payload(&self.inner.index) {
+            self.inner.indexed_seq.store(p.seq, Ordering::Release);
+        }
+        Ok(())
     }
 
     /// Apply every change after [`indexed_seq`](Self::indexed_seq): each
@@ -197,27 +269,32 @@ impl StudyIndex {
                 };
                 let mut uids: Vec<String> = changes
                     .iter()
-                    .map(|c| c.study_instance_uid.clone())
+                    .filter_map(|c| c.study_instance_uid.clone())
                     .collect();
                 uids.sort_unstable();
                 uids.dedup();
-                let records = catalog.study_records(&uids).await?;
-                let docs: Vec<StudyDoc> = records.iter().map(study_doc).collect();
+                let mut report_ids: Vec<i64> = changes.iter().filter_map(|c| c.report_id).collect();
+                report_ids.sort_unstable();
+                report_ids.dedup();
+                let docs = documents(catalog, &uids, &report_ids).await?;
                 uncommitted += changes.len() as u64;
                 let commit = (uncommitted >= COMMIT_EVERY || (changes.len() as i64) < CHANGE_BATCH)
                     .then_some(last);
                 self.blocking(move |inner| {
-                    let writer = inner.lock_writer();
-                    // Studies no longer in the catalog are removed too.
+                    let mut writer = inner.lock_writer()?;
+                    // Studies and reports no longer in the catalog are removed too.
                     for uid in &uids {
                         writer.delete_term(Term::from_field_text(inner.fields.study_uid, uid));
                     }
-                    for doc in &docs {
-                        writer.add_document(to_document(&inner.fields, doc)?)?;
+                    for &id in &report_ids {
+                        writer.delete_term(Term::from_field_u64(
+                            inner.fields.report_id,
+                            id.max(0) as u64,
+                        ));
                     }
-                    drop(writer);
+                    docs.add_to(inner, &writer)?;
                     if let Some(seq) = commit {
-                        inner.commit(&mut inner.lock_writer(), seq)?;
+                        inner.commit(&mut writer, seq)?;
                     }
                     Ok(())
                 })
@@ -229,7 +306,7 @@ impl StudyIndex {
                 applied += changes.len() as u64;
             }
             if uncommitted > 0 {
-                self.blocking(move |inner| inner.commit(&mut inner.lock_writer(), seq))
+                self.blocking(move |inner| inner.commit(&mut *inner.lock_writer()?, seq))
                     .await?;
             }
             Ok(())
@@ -265,17 +342,18 @@ impl StudyIndex {
         let _apply = self.inner.apply.lock().await;
         let result: Result<u64, IndexError> = async {
             let seq = catalog.last_change_seq().await?;
-            let total = catalog.study_count().await?.max(0) as u64;
+            let total =
+                (catalog.study_count().await?.max(0) + catalog.report_count().await?.max(0)) as u64;
             progress(0, total);
             self.blocking(|inner| {
                 inner
-                    .lock_writer()
+                    .lock_writer()?
                     .delete_query(Box::new(tantivy::query::AllQuery))?;
                 Ok(())
             })
             .await?;
-            let mut after: Option<String> = None;
             let mut done = 0u64;
+            let mut after: Option<String> = None;
             loop {
                 let uids = catalog
                     .study_uids_after(after.as_deref(), REBUILD_BATCH)
@@ -283,24 +361,31 @@ impl StudyIndex {
                 let Some(last) = uids.last().cloned() else {
                     break;
                 };
-                let records = catalog.study_records(&uids).await?;
-                let docs: Vec<StudyDoc> = records.iter().map(study_doc).collect();
-                let n = docs.len() as u64;
-                self.blocking(move |inner| {
-                    let writer = inner.lock_writer();
-                    for doc in &docs {
-                        writer.add_document(to_document(&inner.fields, doc)?)?;
-                    }
-                    Ok(())
-                })
-                .await?;
-                done += n;
+                let docs = documents(catalog, &uids, &[]).await?;
+                done += docs.len() as u64;
+                self.blocking(move |inner| docs.add_to(inner, &*inner.lock_writer()?))
+                    .await?;
                 progress(done, total.max(done));
                 after = Some(last);
             }
-            self.blocking(move |inner| inner.commit(&mut inner.lock_writer(), seq))
+            let mut after_report = 0;
+            loop {
+                let ids = catalog
+                    .report_ids_after(after_report, REBUILD_BATCH)
+                    .await?;
+                let Some(&last) = ids.last() else {
+                    break;
+                };
+                let docs = documents(catalog, &[], &ids).await?;
+                done += docs.len() as u64;
+                self.blocking(move |inner| docs.add_to(inner, &*inner.lock_writer()?))
+                    .await?;
+                progress(done, total.max(done));
+                after_report = last;
+            }
+            self.blocking(move |inner| inner.commit(&mut *inner.lock_writer()?, seq))
                 .await?;
-            tracing::info!(studies = done, indexed_seq = seq, "study index rebuilt");
+            tracing::info!(documents = done, indexed_seq = seq, "search index rebuilt");
             Ok(done)
         }
         .await;
@@ -374,7 +459,7 @@ impl StudyIndex {
     async fn rollback(&self) {
         let outcome = self
             .blocking(|inner| {
-                inner.lock_writer().rollback()?;
+                inner.lock_writer()?.rollback()?;
                 Ok(())
             })
             .await;
@@ -384,9 +469,76 @@ impl StudyIndex {
     }
 }
 
+/// The locked writer of an index opened for writing.
+struct WriterGuard<'a>(MutexGuard<'a, Option<IndexWriter>>);
+
+impl Deref for WriterGuard<'_> {
+    type Target = IndexWriter;
+    fn deref(&self) -> &IndexWriter {
+        self.0.as_ref().expect("checked by lock_writer")
+    }
+}
+
+impl DerefMut for WriterGuard<'_> {
+    fn deref_mut(&mut self) -> &mut IndexWriter {
+        self.0.as_mut().expect("checked by lock_writer")
+    }
+}
+
+/// The documents of a batch of studies and reports, read from the catalog.
+struct Documents {
+    studies: Vec<(StudyDoc, Option<String>)>,
+    reports: Vec<ReportRecord>,
+}
+
+impl Documents {
+    fn len(&self) -> usize {
+        self.studies.len() + self.reports.len()
+    }
+
+    fn add_to(&self, inner: &Inner, writer: &IndexWriter) -> Result<(), IndexError> {
+        for (study, text) in &self.studies {
+            writer.add_document(to_document(&inner.fields, study, text.as_deref())?)?;
+        }
+        for report in &self.reports {
+            writer.add_document(report_document(&inner.fields, report)?)?;
+        }
+        Ok(())
+    }
+}
+
+/// Read the studies with `uids` (with their report text) and the reports
+/// with `report_ids` that still exist.
+async fn documents(
+    catalog: &Catalog,
+    uids: &[String],
+    report_ids: &[i64],
+) -> Result<Documents, IndexError> {
+    let records = catalog.study_records(uids).await?;
+    let mut texts: HashMap<String, String> = if records.is_empty() {
+        HashMap::new()
+    } else {
+        catalog.study_report_texts(uids).await?
+    };
+    let studies = records
+        .iter()
+        .map(|r| (study_doc(r), texts.remove(&r.study_instance_uid)))
+        .collect();
+    let reports = if report_ids.is_empty() {
+        Vec::new()
+    } else {
+        catalog.report_records(report_ids).await?
+    };
+    Ok(Documents { studies, reports })
+}
+
 impl Inner {
-    fn lock_writer(&self) -> MutexGuard<'_, IndexWriter> {
-        self.writer.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock_writer(&self) -> Result<WriterGuard<'_>, IndexError> {
+        let guard = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        if guard.is_none() {
+            return Err(IndexError::ReadOnly);
+        }
+        Ok(WriterGuard(guard))
     }
 
     /// Commit with `seq` in the payload and make it searchable.

@@ -9,15 +9,15 @@ use pacs_archive::query::{Attribute, Level, MatchKind, Matcher, Query};
 use tantivy::collector::{Collector, SegmentCollector};
 use tantivy::columnar::{Column, StrColumn};
 use tantivy::query::{
-    AllQuery, BooleanQuery, FuzzyTermQuery, Occur, Query as TantivyQuery, RangeQuery, RegexQuery,
-    TermQuery, TermSetQuery,
+    BooleanQuery, FuzzyTermQuery, Occur, Query as TantivyQuery, RangeQuery, RegexQuery, TermQuery,
+    TermSetQuery,
 };
 use tantivy::schema::{Field, IndexRecordOption};
 use tantivy::{DocAddress, DocId, Score, SegmentOrdinal, SegmentReader, Term};
 
 use crate::IndexError;
 use crate::fold::{fold, name_tokens, normalize_date, normalize_time};
-use crate::schema::Fields;
+use crate::schema::{DocKind, Fields, words_analyzer};
 
 /// How an attribute is held in the index.
 #[derive(Debug, Clone, Copy)]
@@ -274,7 +274,14 @@ pub fn translate(fields: &Fields, query: &Query) -> Result<Box<dyn TantivyQuery>
             query.level.name()
         )));
     }
-    let mut clauses: Vec<(Occur, Box<dyn TantivyQuery>)> = Vec::new();
+    // Study documents only.
+    let mut clauses: Vec<(Occur, Box<dyn TantivyQuery>)> = vec![(
+        Occur::Must,
+        Box::new(TermQuery::new(
+            Term::from_field_text(fields.kind, DocKind::Study.name()),
+            IndexRecordOption::Basic,
+        )),
+    )];
     for c in &query.conditions {
         let a = c.attribute;
         let t = target(fields, a)
@@ -286,14 +293,29 @@ pub fn translate(fields: &Fields, query: &Query) -> Result<Box<dyn TantivyQuery>
             clauses.push((Occur::Must, q));
         }
     }
-    Ok(match clauses.len() {
-        0 => Box::new(AllQuery),
-        1 => clauses
-            .pop()
-            .map(|(_, q)| q)
-            .unwrap_or_else(|| Box::new(AllQuery)),
-        _ => Box::new(BooleanQuery::new(clauses)),
-    })
+    if let Some(text) = &query.report_text {
+        for word in words(text) {
+            clauses.push((
+                Occur::Must,
+                Box::new(TermQuery::new(
+                    Term::from_field_text(fields.report_text, &word),
+                    IndexRecordOption::Basic,
+                )),
+            ));
+        }
+    }
+    Ok(Box::new(BooleanQuery::new(clauses)))
+}
+
+/// The words of free text as the index holds them ([`crate::schema::WORDS`]).
+pub fn words(text: &str) -> Vec<String> {
+    let mut analyzer = words_analyzer();
+    let mut stream = analyzer.token_stream(text);
+    let mut out = Vec::new();
+    while let Some(token) = stream.next() {
+        out.push(token.text.clone());
+    }
+    out
 }
 
 /// One candidate of a page: its sort key, UID and address.
@@ -498,6 +520,9 @@ mod tests {
 
         let (schema, fields) = crate::schema::build_schema();
         let index = tantivy::Index::create_in_ram(schema);
+        index
+            .tokenizers()
+            .register(crate::schema::WORDS, crate::schema::words_analyzer());
         let mut writer: tantivy::IndexWriter =
             index.writer_with_num_threads(1, 15_000_000).unwrap();
         // Three segments, tied UIDs interleaved between them, more ties per
@@ -521,7 +546,7 @@ mod tests {
                     ..Default::default()
                 };
                 writer
-                    .add_document(crate::schema::to_document(&fields, &d).unwrap())
+                    .add_document(crate::schema::to_document(&fields, &d, None).unwrap())
                     .unwrap();
             }
             writer.commit().unwrap();
@@ -538,7 +563,9 @@ mod tests {
                 uid_field: "study_uid",
             };
             assert!(!collector.requires_scoring());
-            let fruit = searcher.search(&AllQuery, &collector).unwrap();
+            let fruit = searcher
+                .search(&tantivy::query::AllQuery, &collector)
+                .unwrap();
             assert_eq!(fruit.total, expected.len());
             let uids: Vec<String> = fruit.hits.into_iter().map(|h| h.uid).collect();
             assert_eq!(uids, expected[..k.min(expected.len())], "k = {k}");

@@ -9,6 +9,7 @@ pub mod metrics;
 pub mod render;
 pub mod results;
 pub mod router;
+pub mod search;
 pub mod state;
 pub mod thumbnails;
 

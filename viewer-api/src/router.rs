@@ -13,6 +13,7 @@ use crate::dicomweb::{qido, stow, wado, wado_uri};
 use crate::error::ApiError;
 use crate::metrics;
 use crate::results;
+use crate::search;
 use crate::state::AppState;
 
 /// The DICOMweb routes, relative to `/dicom-web`.
@@ -115,6 +116,7 @@ pub fn router(state: AppState) -> Router {
     let protected = Router::new()
         .nest("/dicom-web", dicomweb())
         .route("/wado", get(wado_uri::get))
+        .route("/api/search", get(search::search))
         .route("/api/studies/{study}/reports", get(results::study_reports))
         .route(
             "/api/patients/{patient}/results",

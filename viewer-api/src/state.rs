@@ -5,7 +5,7 @@ use std::sync::Arc;
 use pacs_archive::Archive;
 use pacs_indexer::StudyIndex;
 
-use crate::auth::{Policy, RolePolicy, TokenCache};
+use crate::auth::{AuditSink, LogAudit, Policy, RolePolicy, TokenCache};
 use crate::config::HttpConfig;
 use crate::metrics::Metrics;
 use crate::thumbnails::RenderCache;
@@ -22,6 +22,7 @@ struct Inner {
     config: HttpConfig,
     base_url: String,
     policy: Arc<dyn Policy>,
+    audit: Arc<dyn AuditSink>,
     tokens: TokenCache,
     metrics: Metrics,
     renders: RenderCache,
@@ -48,11 +49,25 @@ impl AppState {
                 index,
                 config,
                 policy,
+                audit: Arc::new(LogAudit),
                 tokens: TokenCache::default(),
                 metrics,
                 renders,
             }),
         }
+    }
+
+    /// Send audit events to `audit` instead of the log. A construction
+    /// step: call it before the state is cloned.
+    pub fn with_audit(mut self, audit: Arc<dyn AuditSink>) -> Self {
+        Arc::get_mut(&mut self.inner)
+            .expect("with_audit is called before the state is shared")
+            .audit = audit;
+        self
+    }
+
+    pub fn audit(&self) -> &dyn AuditSink {
+        self.inner.audit.as_ref()
     }
 
     pub fn archive(&self) -> &Archive {

@@ -171,8 +171,11 @@ pub fn spawn_worker(state: AppState) -> tokio::task::JoinHandle<()> {
             match state.archive().catalog().changes_since(seq, 5000).await {
                 Ok(changes) => {
                     let now = Instant::now();
-                    for c in &changes {
-                        pending.insert(c.series_instance_uid.clone(), now);
+                    for series in changes
+                        .iter()
+                        .filter_map(|c| c.series_instance_uid.as_ref())
+                    {
+                        pending.insert(series.clone(), now);
                     }
                     if let Some(last) = changes.last() {
                         seq = last.seq;

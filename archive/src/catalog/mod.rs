@@ -9,6 +9,7 @@
 //! PostgreSQL backend needs only its own migration folder.
 
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::sqlite::{
@@ -23,10 +24,23 @@ use crate::model::{IngestSource, InstanceAttributes};
 mod tokens;
 pub use tokens::{ApiToken, TokenRole};
 
+mod reports;
 mod results;
 mod studies;
+pub use reports::ReportRecord;
 pub use results::{MessageBlob, MessageOutcome};
 pub use studies::StudyRecord;
+
+/// Most ids or UIDs bound in one `IN (...)` list.
+const MAX_IN_LIST: usize = 500;
+
+/// `$1, $2, ... $n`.
+fn placeholders(n: usize) -> String {
+    (1..=n)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
 
 /// What the catalog knows of one stored instance.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
@@ -65,14 +79,18 @@ pub enum RecordOutcome {
     AlreadyPresent { sha256: String, stored_size: u64 },
 }
 
-/// One entry of the change feed.
+/// One entry of the change feed: an instance (stored or replaced, with its
+/// series and study) or a report (stored or linked to a study, with that
+/// study when it has one).
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct Change {
     pub seq: i64,
+    /// `instance-stored`, `instance-replaced`, `report-stored`, `report-linked`.
     pub kind: String,
-    pub sop_instance_uid: String,
-    pub series_instance_uid: String,
-    pub study_instance_uid: String,
+    pub sop_instance_uid: Option<String>,
+    pub series_instance_uid: Option<String>,
+    pub study_instance_uid: Option<String>,
+    pub report_id: Option<i64>,
     pub recorded_at: String,
 }
 
@@ -97,8 +115,8 @@ pub struct Catalog {
     /// administrative writes such as API tokens queue on it).
     writer: SqlitePool,
     reader: SqlitePool,
-    /// The newest change seq committed by the writer task.
-    committed_seq: watch::Receiver<i64>,
+    /// The newest change seq committed by this process's writers.
+    committed_seq: Arc<watch::Sender<i64>>,
 }
 
 /// What the archive needs to know before storing an object.
@@ -159,8 +177,12 @@ impl Catalog {
             .connect_with(options.read_only(true))
             .await?;
         let (writes, queue) = mpsc::channel(4 * MAX_GROUP_COMMIT);
-        let (seq_tx, committed_seq) = watch::channel(0);
-        tokio::spawn(writer_task(writer.clone(), queue, seq_tx));
+        let committed_seq = Arc::new(watch::Sender::new(0));
+        tokio::spawn(writer_task(
+            writer.clone(),
+            queue,
+            Arc::clone(&committed_seq),
+        ));
         Ok(Catalog {
             writes,
             writer,
@@ -247,7 +269,12 @@ impl Catalog {
     /// writer: followers of the change feed wake on it instead of polling.
     /// (Changes written by other processes are seen only by polling.)
     pub fn watch_changes(&self) -> watch::Receiver<i64> {
-        self.committed_seq.clone()
+        self.committed_seq.subscribe()
+    }
+
+    /// Tell the followers that changes up to `newest` are committed.
+    pub(crate) fn notify_committed(&self, newest: i64) {
+        notify_committed(&self.committed_seq, newest);
     }
 
     /// Change-feed entries after `after_seq`, oldest first.
@@ -257,8 +284,8 @@ impl Catalog {
         limit: i64,
     ) -> Result<Vec<Change>, ArchiveError> {
         Ok(sqlx::query_as::<_, Change>(
-            "SELECT seq, kind, sop_instance_uid, series_instance_uid, study_instance_uid, recorded_at \
-             FROM changes WHERE seq > $1 ORDER BY seq LIMIT $2",
+            "SELECT seq, kind, sop_instance_uid, series_instance_uid, study_instance_uid, report_id, \
+             recorded_at FROM changes WHERE seq > $1 ORDER BY seq LIMIT $2",
         )
         .bind(after_seq)
         .bind(limit)
@@ -393,16 +420,26 @@ async fn record_in_tx(
         && let (Some(accession), Some(patient_id)) =
             (&rec.attrs.accession_number, &rec.attrs.patient_id)
     {
-        sqlx::query(
+        let linked: Vec<i64> = sqlx::query_scalar(
             "UPDATE reports SET study_instance_uid = $1 WHERE study_instance_uid IS NULL \
              AND accession_number = $2 \
-             AND patient_pk IN (SELECT id FROM patients WHERE patient_id = $3)",
+             AND patient_pk IN (SELECT id FROM patients WHERE patient_id = $3) RETURNING id",
         )
         .bind(&rec.attrs.study_instance_uid)
         .bind(accession)
         .bind(patient_id)
-        .execute(&mut **tx)
+        .fetch_all(&mut **tx)
         .await?;
+        for report_id in linked {
+            append_report_change(
+                tx,
+                "report-linked",
+                report_id,
+                Some(&rec.attrs.study_instance_uid),
+                &now,
+            )
+            .await?;
+        }
     }
     sqlx::query(
         "INSERT INTO series (series_instance_uid, study_instance_uid, modality, series_number, \
@@ -494,6 +531,26 @@ async fn record_in_tx(
     })
 }
 
+/// Append a report's entry to the change feed; its seq.
+pub(crate) async fn append_report_change(
+    tx: &mut Transaction<'_, Sqlite>,
+    kind: &str,
+    report_id: i64,
+    study_instance_uid: Option<&str>,
+    now: &str,
+) -> Result<i64, ArchiveError> {
+    Ok(sqlx::query_scalar(
+        "INSERT INTO changes (kind, report_id, study_instance_uid, recorded_at) \
+         VALUES ($1, $2, $3, $4) RETURNING seq",
+    )
+    .bind(kind)
+    .bind(report_id)
+    .bind(study_instance_uid)
+    .bind(now)
+    .fetch_one(&mut **tx)
+    .await?)
+}
+
 /// The patient columns of a row to upsert.
 pub(crate) struct PatientRow<'a> {
     pub key: String,
@@ -540,13 +597,23 @@ pub(crate) async fn upsert_patient(
     .await?)
 }
 
+fn notify_committed(committed_seq: &watch::Sender<i64>, newest: i64) {
+    committed_seq.send_if_modified(|seq| {
+        let newer = newest > *seq;
+        if newer {
+            *seq = newest;
+        }
+        newer
+    });
+}
+
 /// The one writer of the catalog: takes whatever records are queued (up to
 /// `MAX_GROUP_COMMIT`), writes each in its own savepoint, commits once, and
 /// only then answers each ingest.
 async fn writer_task(
     pool: SqlitePool,
     mut queue: mpsc::Receiver<PendingRecord>,
-    committed_seq: watch::Sender<i64>,
+    committed_seq: Arc<watch::Sender<i64>>,
 ) {
     let mut batch = Vec::with_capacity(MAX_GROUP_COMMIT);
     while let Some(first) = queue.recv().await {
@@ -567,13 +634,7 @@ async fn writer_task(
                     })
                     .max();
                 if let Some(newest) = newest {
-                    committed_seq.send_if_modified(|seq| {
-                        let newer = newest > *seq;
-                        if newer {
-                            *seq = newest;
-                        }
-                        newer
-                    });
+                    notify_committed(&committed_seq, newest);
                 }
                 for (pending, outcome) in batch.drain(..).zip(outcomes) {
                     let _ = pending.reply.send(outcome);

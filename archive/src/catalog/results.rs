@@ -3,7 +3,9 @@
 
 use sqlx::Row;
 
-use super::{Catalog, PatientRow, now_rfc3339, upsert_patient};
+use sqlx::{Sqlite, Transaction};
+
+use super::{Catalog, PatientRow, append_report_change, now_rfc3339, upsert_patient};
 use crate::error::ArchiveError;
 use crate::model::patient_key;
 use crate::results::{
@@ -98,6 +100,7 @@ impl Catalog {
         .fetch_one(&mut *tx)
         .await?;
         let mut reports = Vec::new();
+        let mut newest = 0;
         for group in &message.patients {
             let p = &group.patient;
             let patient_pk = upsert_patient(
@@ -119,95 +122,14 @@ impl Catalog {
             )
             .await?;
             for r in &group.reports {
-                let study = match (&r.study_instance_uid, &r.accession_number) {
-                    (Some(uid), _) => Some(uid.clone()),
-                    (None, Some(accession)) => {
-                        // Only a study of the same Patient ID: a report is never
-                        // filed under another patient's images (the assigning
-                        // authority may be spelled differently by the two systems).
-                        sqlx::query_scalar::<_, String>(
-                        "SELECT st.study_instance_uid FROM studies st JOIN patients sp ON sp.id = st.patient_pk \
-                         WHERE st.accession_number = $1 AND sp.patient_id = $2 \
-                         ORDER BY st.study_date DESC LIMIT 1",
-                    )
-                    .bind(accession)
-                    .bind(&p.id)
-                    .fetch_optional(&mut *tx)
-                    .await?
-                    }
-                    (None, None) => None,
-                };
-                let report_id: i64 = sqlx::query_scalar(
-                    "INSERT INTO reports (message_id, patient_pk, placer_number, filler_number, \
-                 accession_number, service_code, service_display, service_system, observed_at, \
-                 status, report_text, study_instance_uid, created_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) RETURNING id",
-                )
-                .bind(message_id)
-                .bind(patient_pk)
-                .bind(&r.placer_number)
-                .bind(&r.filler_number)
-                .bind(&r.accession_number)
-                .bind(&r.service.code)
-                .bind(&r.service.display)
-                .bind(&r.service.system)
-                .bind(&r.observed_at)
-                .bind(&r.status)
-                .bind(&r.report_text)
-                .bind(&study)
-                .bind(&now)
-                .fetch_one(&mut *tx)
-                .await?;
-                for o in &r.observations {
-                    let id: i64 = sqlx::query_scalar(
-                    "INSERT INTO observations (report_id, patient_pk, code, code_display, code_system, \
-                     value_type, value, numeric_value, units, reference_range, abnormal_flags, status, \
-                     observed_at, notes, created_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) RETURNING id",
-                )
-                .bind(report_id)
-                .bind(patient_pk)
-                .bind(&o.code.code)
-                .bind(&o.code.display)
-                .bind(&o.code.system)
-                .bind(&o.value_type)
-                .bind(&o.value)
-                .bind(o.numeric_value)
-                .bind(&o.units)
-                .bind(&o.reference_range)
-                .bind(joined(&o.abnormal_flags))
-                .bind(&o.status)
-                .bind(&o.observed_at)
-                .bind(joined(&o.notes))
-                .bind(&now)
-                .fetch_one(&mut *tx)
-                .await?;
-                    if o.is_correction() {
-                        // The latest earlier result of the same test in the same
-                        // order (by filler, placer or accession number).
-                        sqlx::query(
-                        "UPDATE observations SET superseded_by = $1 WHERE id = (\
-                         SELECT o.id FROM observations o JOIN reports r ON r.id = o.report_id \
-                         WHERE o.patient_pk = $2 AND o.code IS $3 AND o.id <> $1 AND o.superseded_by IS NULL \
-                         AND ((r.filler_number IS NOT NULL AND r.filler_number = $4) \
-                           OR (r.placer_number IS NOT NULL AND r.placer_number = $5) \
-                           OR (r.accession_number IS NOT NULL AND r.accession_number = $6)) \
-                         ORDER BY o.id DESC LIMIT 1)",
-                    )
-                    .bind(id)
-                    .bind(patient_pk)
-                    .bind(&o.code.code)
-                    .bind(&r.filler_number)
-                    .bind(&r.placer_number)
-                    .bind(&r.accession_number)
-                    .execute(&mut *tx)
-                    .await?;
-                    }
-                }
+                let (report_id, seq) =
+                    insert_report(&mut tx, message_id, patient_pk, &p.id, r, &now).await?;
+                newest = newest.max(seq);
                 reports.push(report_id);
             }
         }
         tx.commit().await?;
+        self.notify_committed(newest);
         Ok(MessageOutcome::Recorded {
             message_id,
             reports,
@@ -331,4 +253,106 @@ impl Catalog {
             })
             .collect()
     }
+}
+
+/// Insert one report of a message and its results (a correction marks the
+/// result it corrects as superseded) and append the report to the change
+/// feed. A report without a study is linked to the study of its patient
+/// with its accession number. Returns the report id and the change seq.
+pub(crate) async fn insert_report(
+    tx: &mut Transaction<'_, Sqlite>,
+    message_id: i64,
+    patient_pk: i64,
+    patient_id: &str,
+    r: &ResultReport,
+    now: &str,
+) -> Result<(i64, i64), ArchiveError> {
+    let study = match (&r.study_instance_uid, &r.accession_number) {
+        (Some(uid), _) => Some(uid.clone()),
+        (None, Some(accession)) => {
+            // Only a study of the same Patient ID: a report is never
+            // filed under another patient's images (the assigning
+            // authority may be spelled differently by the two systems).
+            sqlx::query_scalar::<_, String>(
+                "SELECT st.study_instance_uid FROM studies st \
+                 JOIN patients sp ON sp.id = st.patient_pk \
+                 WHERE st.accession_number = $1 AND sp.patient_id = $2 \
+                 ORDER BY st.study_date DESC LIMIT 1",
+            )
+            .bind(accession)
+            .bind(patient_id)
+            .fetch_optional(&mut **tx)
+            .await?
+        }
+        (None, None) => None,
+    };
+    let report_id: i64 = sqlx::query_scalar(
+        "INSERT INTO reports (message_id, patient_pk, placer_number, filler_number, \
+         accession_number, service_code, service_display, service_system, observed_at, \
+         status, report_text, study_instance_uid, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) RETURNING id",
+    )
+    .bind(message_id)
+    .bind(patient_pk)
+    .bind(&r.placer_number)
+    .bind(&r.filler_number)
+    .bind(&r.accession_number)
+    .bind(&r.service.code)
+    .bind(&r.service.display)
+    .bind(&r.service.system)
+    .bind(&r.observed_at)
+    .bind(&r.status)
+    .bind(&r.report_text)
+    .bind(&study)
+    .bind(now)
+    .fetch_one(&mut **tx)
+    .await?;
+    for o in &r.observations {
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO observations (report_id, patient_pk, code, code_display, code_system, \
+             value_type, value, numeric_value, units, reference_range, abnormal_flags, status, \
+             observed_at, notes, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) RETURNING id",
+        )
+        .bind(report_id)
+        .bind(patient_pk)
+        .bind(&o.code.code)
+        .bind(&o.code.display)
+        .bind(&o.code.system)
+        .bind(&o.value_type)
+        .bind(&o.value)
+        .bind(o.numeric_value)
+        .bind(&o.units)
+        .bind(&o.reference_range)
+        .bind(joined(&o.abnormal_flags))
+        .bind(&o.status)
+        .bind(&o.observed_at)
+        .bind(joined(&o.notes))
+        .bind(now)
+        .fetch_one(&mut **tx)
+        .await?;
+        if o.is_correction() {
+            // The latest earlier result of the same test in the same
+            // order (by filler, placer or accession number).
+            sqlx::query(
+                "UPDATE observations SET superseded_by = $1 WHERE id = (\
+                 SELECT o.id FROM observations o JOIN reports r ON r.id = o.report_id \
+                 WHERE o.patient_pk = $2 AND o.code IS $3 AND o.id <> $1 AND o.superseded_by IS NULL \
+                 AND ((r.filler_number IS NOT NULL AND r.filler_number = $4) \
+                   OR (r.placer_number IS NOT NULL AND r.placer_number = $5) \
+                   OR (r.accession_number IS NOT NULL AND r.accession_number = $6)) \
+                 ORDER BY o.id DESC LIMIT 1)",
+            )
+            .bind(id)
+            .bind(patient_pk)
+            .bind(&o.code.code)
+            .bind(&r.filler_number)
+            .bind(&r.placer_number)
+            .bind(&r.accession_number)
+            .execute(&mut **tx)
+            .await?;
+        }
+    }
+    let seq = append_report_change(tx, "report-stored", report_id, study.as_deref(), now).await?;
+    Ok((report_id, seq))
 }

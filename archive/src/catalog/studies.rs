@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use sqlx::Row;
 
-use super::Catalog;
+use super::{Catalog, MAX_IN_LIST, placeholders};
 use crate::error::ArchiveError;
 
 /// One study as the catalog knows it, with its patient's attributes, the
@@ -29,16 +29,6 @@ pub struct StudyRecord {
     pub modalities: Vec<String>,
     pub number_of_series: u64,
     pub number_of_instances: u64,
-}
-
-/// Most UIDs bound in one `IN (...)` list.
-const MAX_IN_LIST: usize = 500;
-
-fn placeholders(n: usize) -> String {
-    (1..=n)
-        .map(|i| format!("${i}"))
-        .collect::<Vec<_>>()
-        .join(", ")
 }
 
 impl Catalog {

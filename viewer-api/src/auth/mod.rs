@@ -22,6 +22,9 @@ use pacs_archive::catalog::{Catalog, TokenRole};
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 
+mod audit;
+pub use audit::{AuditEvent, AuditSink, LogAudit};
+
 use crate::error::ApiError;
 use crate::state::AppState;
 
@@ -100,6 +103,9 @@ pub fn action_for(method: &Method, route: &str) -> Option<Action> {
     let reading = *method == Method::GET || *method == Method::HEAD;
     if route == "/metrics" {
         return reading.then_some(Action::Administer);
+    }
+    if route == "/api/search" {
+        return reading.then_some(Action::Search);
     }
     if route == "/wado" || route.starts_with("/api/") {
         return reading.then_some(Action::Read);
@@ -264,8 +270,27 @@ pub async fn authorize(
         .policy()
         .decide(&principal, action, &target)
         .map_err(ApiError::Forbidden)?;
+    let audited = AuditEvent::is_audited(action).then(|| {
+        (
+            principal.clone(),
+            request.method().clone(),
+            request.uri().path().to_owned(),
+        )
+    });
     request.extensions_mut().insert(principal);
-    Ok(next.run(request).await)
+    let response = next.run(request).await;
+    if let Some((principal, method, path)) = audited {
+        state.audit().record(&AuditEvent {
+            principal: &principal,
+            action,
+            method: &method,
+            route,
+            path: &path,
+            target: &target,
+            status: response.status().as_u16(),
+        });
+    }
+    Ok(response)
 }
 
 #[cfg(test)]

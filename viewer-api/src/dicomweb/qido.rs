@@ -100,6 +100,19 @@ pub fn parse_request(
                     )));
                 }
             },
+            // Not a PS3.18 key: words the study's reports must hold
+            // (full text, answered by the search index).
+            "reporttext" if level == Level::Study => {
+                let text = value.trim();
+                if !text.is_empty() {
+                    query.report_text = Some(text.to_owned());
+                }
+            }
+            "reporttext" => {
+                return Err(ApiError::BadRequest(
+                    "reporttext applies to study searches only".into(),
+                ));
+            }
             "includefield" => {
                 for field in value.split(',').map(str::trim).filter(|f| !f.is_empty()) {
                     if field == "all" {
