@@ -581,3 +581,63 @@ fn hl7_messages_acknowledged_before_a_kill_are_there_after_restart() {
         );
     });
 }
+
+#[test]
+fn reports_sent_with_storescu_read_back_with_their_text() {
+    if !dcmtk() {
+        return;
+    }
+    use pacs_fixtures::{Kind, SrTemplate, single, structured_report};
+    let work = tempfile::tempdir().unwrap();
+    let data = work.path().join("data");
+    let (ok, token) = pacs(
+        &data,
+        &["token", "issue", "--role", "clinician", "--name", "t"],
+    );
+    assert!(ok, "{token}");
+    let token = token.trim().to_owned();
+    let reports = [
+        single(Kind::Sr, ts::EXPLICIT_VR_LE, 5),
+        single(Kind::Pdf, ts::EXPLICIT_VR_LE, 5),
+        structured_report(SrTemplate::Enhanced, ts::EXPLICIT_VR_LE, 5),
+        structured_report(SrTemplate::Comprehensive, ts::EXPLICIT_VR_LE, 5),
+    ];
+    let paths: Vec<String> = reports
+        .iter()
+        .enumerate()
+        .map(|(i, f)| {
+            let path = work.path().join(format!("report{i}.dcm"));
+            std::fs::write(&path, &f.bytes).unwrap();
+            path.to_string_lossy().into_owned()
+        })
+        .collect();
+    let serve = start(&data);
+    let files: Vec<&str> = paths.iter().map(String::as_str).collect();
+    let (ok, out) = storescu(serve.port, &["-xe"], &files);
+    assert!(ok, "storescu failed:\n{out}");
+
+    let study = &reports[0].study_instance_uid;
+    let (status, body) = http_get(
+        serve.http_port,
+        &token,
+        &format!("/api/studies/{study}/reports"),
+    );
+    assert_eq!(status, 200, "{body}");
+    let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let listed = json["reports"].as_array().unwrap();
+    assert_eq!(listed.len(), 4, "{json:#}");
+    let text_of = |f: &FixtureFile| {
+        listed
+            .iter()
+            .find(|r| r["sop_instance_uid"] == f.sop_instance_uid.as_str())
+            .unwrap_or_else(|| panic!("no report of {}: {json:#}", f.file_name))["report"]
+            ["report_text"]
+            .as_str()
+            .unwrap_or("")
+            .to_owned()
+    };
+    assert!(text_of(&reports[0]).contains("\nImpressions\n"));
+    assert!(text_of(&reports[1]).contains("\nIMPRESSION\n"));
+    assert!(text_of(&reports[2]).contains("Long Axis: "));
+    assert!(text_of(&reports[3]).contains("Study Date: "));
+}
