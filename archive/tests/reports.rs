@@ -455,3 +455,49 @@ async fn pydicom_sample_srs_become_study_reports() {
     assert_eq!(reports.len(), 1);
     assert!(text(&reports[0]).contains("A mass of"));
 }
+
+mod mangled_pdfs {
+    use super::*;
+    use pacs_archive::ingest::{MAX_TEXT_BYTES, pdf_text};
+    use proptest::prelude::*;
+    use std::sync::OnceLock;
+
+    fn fixture_pdf() -> &'static [u8] {
+        static PDF: OnceLock<Vec<u8>> = OnceLock::new();
+        PDF.get_or_init(|| original_pdf(&single(Kind::Pdf, ts::EXPLICIT_VR_LE, SEED)))
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
+
+        /// Cut and corrupted PDFs: never a refusal of their instance, never
+        /// a panic, text within bounds.
+        #[test]
+        fn never_refuse_their_instance(
+            keep in 1usize..=100,
+            flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 0..12),
+        ) {
+            let pdf = fixture_pdf();
+            let mut doc = pdf[..pdf.len() * keep / 100].to_vec();
+            for (at, byte) in flips {
+                if !doc.is_empty() {
+                    let i = at % doc.len();
+                    doc[i] = byte;
+                }
+            }
+            if let Ok(text) = pdf_text(&doc) {
+                prop_assert!(text.len() <= MAX_TEXT_BYTES);
+            }
+            let (_, bytes) = pdf_with_document(doc);
+            let parsed = parse_part10(&bytes, 1024);
+            prop_assert!(parsed.is_ok(), "{:?}", parsed.err());
+        }
+
+        #[test]
+        fn arbitrary_bytes_are_no_pdf(bytes in proptest::collection::vec(any::<u8>(), 0..2048)) {
+            let mut doc = b"%PDF-1.4\n".to_vec();
+            doc.extend_from_slice(&bytes);
+            let _ = pdf_text(&doc);
+        }
+    }
+}

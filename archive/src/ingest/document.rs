@@ -183,10 +183,17 @@ fn bounded(mut text: String) -> String {
     text
 }
 
-/// The readable text of an SR content tree: the document title, then each
-/// content item on its line, containers as headings with their content
-/// indented below and a blank line between top-level sections.
+/// The readable text of an SR content tree: the document title and its
+/// completion and verification, then each content item on its line,
+/// containers as headings with their content indented below and a blank
+/// line between top-level sections. Empty when the tree has no content.
 pub fn sr_text(root: &InMemDicomObject) -> String {
+    let mut content = String::new();
+    walk(root, 0, &mut content);
+    if content.trim().is_empty() {
+        // A title alone is no report.
+        return String::new();
+    }
     let mut out = String::new();
     if let Some(title) = code_meaning(root, tags::CONCEPT_NAME_CODE_SEQUENCE) {
         out.push_str(&title);
@@ -208,7 +215,10 @@ pub fn sr_text(root: &InMemDicomObject) -> String {
     if !flags.is_empty() {
         out.push_str(&format!("({})\n", flags.join(", ")));
     }
-    walk(root, 0, &mut out);
+    if !out.is_empty() {
+        out.push('\n');
+    }
+    out.push_str(&content);
     out
 }
 
@@ -350,9 +360,9 @@ fn numeric(item: &InMemDicomObject) -> Option<String> {
 }
 
 /// The text of a PDF, page by page. Text shown in the page content streams
-/// is read with each font's encoding (standard encodings, Differences,
-/// ToUnicode maps); a move to another line starts a new line. Text drawn
-/// as images (scans) or inside form XObjects is not read.
+/// and in the form XObjects they draw is read with each font's encoding
+/// (standard encodings, Differences, ToUnicode maps); a move to another
+/// line starts a new line. Text drawn as images (scans) is not read.
 pub fn pdf_text(pdf: &[u8]) -> Result<String, String> {
     // lopdf returns errors for what it recognises as broken; a panic on
     // input it did not foresee must not take the ingest down with it.
@@ -360,10 +370,11 @@ pub fn pdf_text(pdf: &[u8]) -> Result<String, String> {
         .unwrap_or_else(|_| Err("the PDF reader failed on this document".into()))
 }
 
+/// Form XObjects nested deeper than this are not followed.
+const MAX_FORM_DEPTH: usize = 4;
+
 fn pdf_text_unguarded(pdf: &[u8]) -> Result<String, String> {
-    use lopdf::content::Content;
-    use lopdf::{Document, Encoding, LoadOptions, Object};
-    use std::collections::BTreeMap;
+    use lopdf::{Document, LoadOptions};
 
     let options = LoadOptions {
         max_decompressed_size: Some(MAX_PDF_DECOMPRESSED),
@@ -380,107 +391,39 @@ fn pdf_text_unguarded(pdf: &[u8]) -> Result<String, String> {
         if out.len() > MAX_TEXT_BYTES {
             break;
         }
-        let fonts = match doc.get_page_fonts(page_id) {
-            Ok(f) => f,
+        let resources = match doc.get_page_resources(page_id) {
+            Ok((own, inherited)) => {
+                let mut all: Vec<&lopdf::Dictionary> = own.into_iter().collect();
+                all.extend(
+                    inherited
+                        .iter()
+                        .filter_map(|id| doc.get_dictionary(*id).ok()),
+                );
+                all
+            }
             Err(e) => {
                 failures.push(format!("page {number}: {e}"));
                 continue;
             }
         };
-        let encodings: BTreeMap<Vec<u8>, Encoding> = fonts
-            .into_iter()
-            .filter_map(|(name, font)| {
-                font.get_font_encoding_with_limit(&doc, MAX_PDF_PAGE_CONTENT)
-                    .ok()
-                    .map(|e| (name, e))
-            })
-            .collect();
-        let content = match doc
-            .get_page_content_with_limit(page_id, MAX_PDF_PAGE_CONTENT)
-            .map_err(|e| e.to_string())
-            .and_then(|data| Content::decode(&data).map_err(|e| e.to_string()))
-        {
+        let content = match doc.get_page_content_with_limit(page_id, MAX_PDF_PAGE_CONTENT) {
             Ok(c) => c,
             Err(e) => {
                 failures.push(format!("page {number}: {e}"));
                 continue;
             }
         };
-        if !out.is_empty() && !out.ends_with("\n\n") {
-            out.push('\n');
-        }
-        let mut encoding: Option<&Encoding> = None;
         let mut page = String::new();
-        let newline = |page: &mut String| {
-            let trimmed = page.trim_end_matches(' ').len();
-            page.truncate(trimmed);
-            if !page.is_empty() && !page.ends_with('\n') {
-                page.push('\n');
-            }
-        };
-        let number_at = |ops: &[Object], i: usize| ops.get(i).and_then(|o| o.as_float().ok());
-        for op in &content.operations {
-            let show = |page: &mut String, operands: &[Object]| {
-                let Some(enc) = encoding else { return };
-                for operand in operands {
-                    match operand {
-                        Object::String(bytes, _) => {
-                            let _ = enc.write_to_string(bytes, page);
-                        }
-                        Object::Array(parts) => {
-                            for part in parts {
-                                match part {
-                                    Object::String(bytes, _) => {
-                                        let _ = enc.write_to_string(bytes, page);
-                                    }
-                                    // A large negative adjustment is a word gap.
-                                    Object::Integer(_) | Object::Real(_)
-                                        if part.as_float().is_ok_and(|g| g < -200.0)
-                                            && !page.ends_with(' ') =>
-                                    {
-                                        page.push(' ');
-                                    }
-                                    _ => {}
-                                }
-                            }
-                        }
-                        _ => {}
-                    }
-                }
-            };
-            match op.operator.as_str() {
-                "Tf" => {
-                    encoding = op
-                        .operands
-                        .first()
-                        .and_then(|o| o.as_name().ok())
-                        .and_then(|name| encodings.get(name));
-                }
-                "Tj" | "TJ" => show(&mut page, &op.operands),
-                "'" => {
-                    newline(&mut page);
-                    show(&mut page, &op.operands);
-                }
-                "\"" => {
-                    newline(&mut page);
-                    show(&mut page, op.operands.get(2..).unwrap_or(&[]));
-                }
-                "T*" | "ET" => newline(&mut page),
-                "Td" | "TD" => {
-                    let dy = number_at(&op.operands, 1).unwrap_or(0.0);
-                    let dx = number_at(&op.operands, 0).unwrap_or(0.0);
-                    if dy.abs() > 0.01 {
-                        newline(&mut page);
-                    } else if dx > 0.0 && !page.is_empty() && !page.ends_with([' ', '\n']) {
-                        page.push(' ');
-                    }
-                }
-                "Tm" => newline(&mut page),
-                _ => {}
-            }
+        if let Err(e) = show_content(&doc, &content, &resources, 0, &mut page) {
+            failures.push(format!("page {number}: {e}"));
         }
-        out.push_str(page.trim_end());
-        out.push('\n');
+        let page = page.trim();
+        if !page.is_empty() {
+            if !out.is_empty() {
+                out.push_str("\n\n");
+            }
+            out.push_str(page);
+        }
     }
     if out.trim().is_empty() {
         return Err(if failures.is_empty() {
@@ -493,6 +436,154 @@ fn pdf_text_unguarded(pdf: &[u8]) -> Result<String, String> {
         tracing::warn!(failures = %failures.join("; "), "some PDF pages could not be read");
     }
     Ok(out)
+}
+
+/// The first entry named `key` of a kind of resource (`Font`, `XObject`)
+/// in `resources` (innermost first).
+fn resource<'a>(
+    doc: &'a lopdf::Document,
+    resources: &[&'a lopdf::Dictionary],
+    kind: &[u8],
+    key: &[u8],
+) -> Option<&'a lopdf::Object> {
+    resources.iter().find_map(|r| {
+        let dict = doc.get_dict_in_dict(r, kind).ok()?;
+        doc.dereference(dict.get(key).ok()?).ok().map(|(_, o)| o)
+    })
+}
+
+/// Append the text that `content` shows to `page`.
+fn show_content<'a>(
+    doc: &'a lopdf::Document,
+    content: &[u8],
+    resources: &[&'a lopdf::Dictionary],
+    depth: usize,
+    page: &mut String,
+) -> Result<(), String> {
+    use lopdf::content::Content;
+    use lopdf::{Encoding, Object};
+    use std::collections::BTreeMap;
+
+    let content = Content::decode(content).map_err(|e| e.to_string())?;
+    // Each font's encoding is worked out once (a ToUnicode map can be big).
+    let mut fonts: BTreeMap<Vec<u8>, Option<Encoding>> = BTreeMap::new();
+    let mut font: Option<Vec<u8>> = None;
+    let newline = |page: &mut String| {
+        let trimmed = page.trim_end_matches(' ').len();
+        page.truncate(trimmed);
+        if !page.is_empty() && !page.ends_with('\n') {
+            page.push('\n');
+        }
+    };
+    let number_at = |ops: &[Object], i: usize| ops.get(i).and_then(|o| o.as_float().ok());
+    for op in &content.operations {
+        if page.len() > MAX_TEXT_BYTES {
+            break;
+        }
+        let encoding = font
+            .as_ref()
+            .and_then(|name| fonts.get(name))
+            .and_then(Option::as_ref);
+        let show = |page: &mut String, operands: &[Object]| {
+            let Some(enc) = encoding else { return };
+            for operand in operands {
+                match operand {
+                    Object::String(bytes, _) => {
+                        let _ = enc.write_to_string(bytes, page);
+                    }
+                    Object::Array(parts) => {
+                        for part in parts {
+                            match part {
+                                Object::String(bytes, _) => {
+                                    let _ = enc.write_to_string(bytes, page);
+                                }
+                                // A large negative adjustment is a word gap.
+                                Object::Integer(_) | Object::Real(_)
+                                    if part.as_float().is_ok_and(|g| g < -200.0)
+                                        && !page.ends_with(' ') =>
+                                {
+                                    page.push(' ');
+                                }
+                                _ => {}
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        };
+        match op.operator.as_str() {
+            "Tf" => {
+                font = op
+                    .operands
+                    .first()
+                    .and_then(|o| o.as_name().ok())
+                    .map(<[u8]>::to_vec);
+                if let Some(name) = &font
+                    && !fonts.contains_key(name)
+                {
+                    let encoding = resource(doc, resources, b"Font", name)
+                        .and_then(|f| f.as_dict().ok())
+                        .and_then(|f| {
+                            f.get_font_encoding_with_limit(doc, MAX_PDF_PAGE_CONTENT)
+                                .ok()
+                        });
+                    fonts.insert(name.clone(), encoding);
+                }
+            }
+            "Tj" | "TJ" => show(page, &op.operands),
+            "'" => {
+                newline(page);
+                show(page, &op.operands);
+            }
+            "\"" => {
+                newline(page);
+                show(page, op.operands.get(2..).unwrap_or(&[]));
+            }
+            "T*" | "ET" | "Tm" => newline(page),
+            "Td" | "TD" => {
+                let dx = number_at(&op.operands, 0).unwrap_or(0.0);
+                let dy = number_at(&op.operands, 1).unwrap_or(0.0);
+                if dy.abs() > 0.01 {
+                    newline(page);
+                } else if dx > 0.0 && !page.is_empty() && !page.ends_with([' ', '\n']) {
+                    page.push(' ');
+                }
+            }
+            // A form XObject: content of its own, drawn here.
+            "Do" if depth < MAX_FORM_DEPTH => {
+                let form = op
+                    .operands
+                    .first()
+                    .and_then(|o| o.as_name().ok())
+                    .and_then(|name| resource(doc, resources, b"XObject", name))
+                    .and_then(|o| o.as_stream().ok())
+                    .filter(|s| {
+                        s.dict
+                            .get(b"Subtype")
+                            .and_then(Object::as_name)
+                            .is_ok_and(|n| n == b"Form")
+                    });
+                if let Some(form) = form {
+                    let own = form
+                        .dict
+                        .get_deref(b"Resources", doc)
+                        .and_then(Object::as_dict)
+                        .ok();
+                    let mut inner: Vec<&lopdf::Dictionary> = own.into_iter().collect();
+                    inner.extend_from_slice(resources);
+                    let data = form
+                        .get_plain_content_with_limit(MAX_PDF_PAGE_CONTENT)
+                        .map_err(|e| e.to_string())?;
+                    newline(page);
+                    show_content(doc, &data, &inner, depth + 1, page)?;
+                    newline(page);
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -522,6 +613,91 @@ mod tests {
         );
         assert_eq!(report_class_name("1.2.840.10008.5.1.4.1.1.88.67"), None);
         assert_eq!(report_class_name("1.2.840.10008.5.1.4.1.1.2"), None);
+    }
+
+    /// A PDF as another producer (lopdf's writer) makes it: compressed
+    /// content, resources inherited from the page tree, words spaced with
+    /// TJ adjustments, and text inside a form XObject.
+    fn lopdf_made_pdf() -> Vec<u8> {
+        use lopdf::content::{Content, Operation};
+        use lopdf::{Document, Object, Stream, dictionary};
+
+        let mut doc = Document::with_version("1.5");
+        let pages_id = doc.new_object_id();
+        let font_id = doc.add_object(dictionary! {
+            "Type" => "Font", "Subtype" => "Type1", "BaseFont" => "Courier",
+            "Encoding" => "WinAnsiEncoding",
+        });
+        let op = |name: &str, operands: Vec<Object>| Operation::new(name, operands);
+        let form_content = Content {
+            operations: vec![
+                op("BT", vec![]),
+                op("Tf", vec!["F1".into(), 8.into()]),
+                op("Td", vec![50.into(), 40.into()]),
+                op(
+                    "Tj",
+                    vec![Object::string_literal(&b"Signed: Dr. M\xfcller"[..])],
+                ),
+                op("ET", vec![]),
+            ],
+        };
+        let mut form = Stream::new(
+            dictionary! {
+                "Type" => "XObject", "Subtype" => "Form",
+                "BBox" => vec![0.into(), 0.into(), 595.into(), 842.into()],
+            },
+            form_content.encode().unwrap(),
+        );
+        form.compress().unwrap();
+        let form_id = doc.add_object(form);
+        let resources_id = doc.add_object(dictionary! {
+            "Font" => dictionary! { "F1" => font_id },
+            "XObject" => dictionary! { "Fx" => form_id },
+        });
+        let content = Content {
+            operations: vec![
+                op("BT", vec![]),
+                op("Tf", vec!["F1".into(), 12.into()]),
+                op("Td", vec![50.into(), 800.into()]),
+                op(
+                    "TJ",
+                    vec![Object::Array(vec![
+                        Object::string_literal("Hello"),
+                        (-300).into(),
+                        Object::string_literal("world"),
+                    ])],
+                ),
+                op("Td", vec![0.into(), (-14).into()]),
+                op("Tj", vec![Object::string_literal("Second line")]),
+                op("ET", vec![]),
+                op("Do", vec!["Fx".into()]),
+            ],
+        };
+        let mut stream = Stream::new(dictionary! {}, content.encode().unwrap());
+        stream.compress().unwrap();
+        let content_id = doc.add_object(stream);
+        let page_id = doc.add_object(dictionary! {
+            "Type" => "Page", "Parent" => pages_id, "Contents" => content_id,
+        });
+        doc.objects.insert(
+            pages_id,
+            Object::Dictionary(dictionary! {
+                "Type" => "Pages", "Kids" => vec![page_id.into()], "Count" => 1,
+                "Resources" => resources_id,
+                "MediaBox" => vec![0.into(), 0.into(), 595.into(), 842.into()],
+            }),
+        );
+        let catalog_id = doc.add_object(dictionary! { "Type" => "Catalog", "Pages" => pages_id });
+        doc.trailer.set("Root", catalog_id);
+        let mut out = Vec::new();
+        doc.save_to(&mut out).unwrap();
+        out
+    }
+
+    #[test]
+    fn pdf_text_of_compressed_content_and_forms() {
+        let text = pdf_text(&lopdf_made_pdf()).unwrap();
+        assert_eq!(text, "Hello world\nSecond line\nSigned: Dr. M\u{fc}ller");
     }
 
     #[test]
