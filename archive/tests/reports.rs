@@ -419,7 +419,11 @@ fn pydicom_sample_srs_read_as_text() {
     assert!(t.contains("Diameter: 3"), "{t}");
     assert!(t.contains("Text Code: was detected.\n"), "{t}");
     assert!(t.contains("Code:\n"), "multi-line text under its name: {t}");
-    assert!(t.contains("Inferred Sample Text"), "{t}");
+    assert!(
+        t.contains("\n    Inferred Sample Text\n    New line.\n"),
+        "{t}"
+    );
+    assert!(!t.contains('\r'), "lines end with LF: {t:?}");
 
     // Basic Text SRs from a reporting tool's template (one with empty
     // numeric attributes).

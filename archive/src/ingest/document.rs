@@ -243,6 +243,10 @@ fn indent(out: &mut String, depth: usize) {
 
 /// A `Name: value` line (a multi-line value indented below its name).
 fn line(out: &mut String, depth: usize, name: Option<&str>, value: &str) {
+    // DICOM text separates lines with CR LF (PS3.5 6.1.3); some writers
+    // use a bare CR.
+    let value = value.replace("\r\n", "\n").replace('\r', "\n");
+    let value = value.as_str();
     indent(out, depth);
     let multi_line = value.contains('\n');
     match name {
