@@ -23,7 +23,9 @@ pub const MAX_TEXT_BYTES: usize = 1 << 20;
 const MAX_SR_DEPTH: usize = 32;
 /// A PDF's page content larger than this (decompressed) is not read.
 const MAX_PDF_PAGE_CONTENT: usize = 16 << 20;
-/// Decompression bound for the whole PDF while loading (object streams).
+/// Decompression bound for the whole PDF while loading (object streams),
+/// and again for all the content streams read for its text (a form drawn
+/// a thousand times is decompressed a thousand times).
 const MAX_PDF_DECOMPRESSED: usize = 64 << 20;
 /// Pages read at most.
 const MAX_PDF_PAGES: usize = 500;
@@ -391,6 +393,7 @@ fn pdf_text_unguarded(pdf: &[u8]) -> Result<String, String> {
     }
     let mut out = String::new();
     let mut failures = Vec::new();
+    let mut budget = MAX_PDF_DECOMPRESSED;
     for (&number, &page_id) in pages.iter().take(MAX_PDF_PAGES) {
         if out.len() > MAX_TEXT_BYTES {
             break;
@@ -418,7 +421,7 @@ fn pdf_text_unguarded(pdf: &[u8]) -> Result<String, String> {
             }
         };
         let mut page = String::new();
-        if let Err(e) = show_content(&doc, &content, &resources, 0, &mut page) {
+        if let Err(e) = show_content(&doc, &content, &resources, 0, &mut budget, &mut page) {
             failures.push(format!("page {number}: {e}"));
         }
         let page = page.trim();
@@ -462,8 +465,12 @@ fn show_content<'a>(
     content: &[u8],
     resources: &[&'a lopdf::Dictionary],
     depth: usize,
+    budget: &mut usize,
     page: &mut String,
 ) -> Result<(), String> {
+    *budget = budget
+        .checked_sub(content.len())
+        .ok_or("the PDF's content is larger than the text extraction reads")?;
     use lopdf::content::Content;
     use lopdf::{Encoding, Object};
     use std::collections::BTreeMap;
@@ -580,7 +587,7 @@ fn show_content<'a>(
                         .get_plain_content_with_limit(MAX_PDF_PAGE_CONTENT)
                         .map_err(|e| e.to_string())?;
                     newline(page);
-                    show_content(doc, &data, &inner, depth + 1, page)?;
+                    show_content(doc, &data, &inner, depth + 1, budget, page)?;
                     newline(page);
                 }
             }
