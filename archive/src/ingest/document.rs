@@ -64,8 +64,8 @@ pub struct ReportDocument {
     pub title_code_system: Option<String>,
     /// ContentDate + ContentTime, `YYYYMMDDHHMMSS` (as precise as sent).
     pub observed_at: Option<String>,
-    /// `F` for a verified, complete SR; `P` otherwise (and for PDFs, which
-    /// carry no such flags).
+    /// `F` when VerificationFlag is VERIFIED and CompletionFlag COMPLETE;
+    /// `P` otherwise (also for a PDF, whose IOD has no such flags).
     pub status: String,
     /// The readable text.
     pub text: String,
@@ -154,8 +154,7 @@ pub fn extract(obj: &InMemDicomObject, sop_class_uid: &str) -> Option<ReportDocu
         tracing::warn!(%sop_instance_uid, kind, "report without readable text: no report recorded");
         return None;
     }
-    let status = if sop_class_uid != ENCAPSULATED_PDF
-        && text(obj, tags::VERIFICATION_FLAG).as_deref() == Some("VERIFIED")
+    let status = if text(obj, tags::VERIFICATION_FLAG).as_deref() == Some("VERIFIED")
         && text(obj, tags::COMPLETION_FLAG).as_deref() == Some("COMPLETE")
     {
         "F"
