@@ -622,3 +622,92 @@ fn hl7_messages_acknowledged_before_a_kill_are_there_after_restart() {
         );
     });
 }
+
+#[test]
+fn reports_sent_with_storescu_read_back_with_their_text() {
+    if !dcmtk() {
+        return;
+    }
+    use pacs_fixtures::{Kind, SrTemplate, single, structured_report};
+    let work = tempfile::tempdir().unwrap();
+    let data = work.path().join("data");
+    let (ok, token) = pacs(
+        &data,
+        &["token", "issue", "--role", "clinician", "--name", "t"],
+    );
+    assert!(ok, "{token}");
+    let token = token.trim().to_owned();
+    let reports = [
+        single(Kind::Sr, ts::EXPLICIT_VR_LE, 5),
+        single(Kind::Pdf, ts::EXPLICIT_VR_LE, 5),
+        structured_report(SrTemplate::Enhanced, ts::EXPLICIT_VR_LE, 5),
+        structured_report(SrTemplate::Comprehensive, ts::EXPLICIT_VR_LE, 5),
+    ];
+    let paths: Vec<String> = reports
+        .iter()
+        .enumerate()
+        .map(|(i, f)| {
+            let path = work.path().join(format!("report{i}.dcm"));
+            std::fs::write(&path, &f.bytes).unwrap();
+            path.to_string_lossy().into_owned()
+        })
+        .collect();
+    let serve = start(&data);
+    let files: Vec<&str> = paths.iter().map(String::as_str).collect();
+    let (ok, out) = storescu(serve.port, &["-xe"], &files);
+    assert!(ok, "storescu failed:\n{out}");
+
+    let study = &reports[0].study_instance_uid;
+    let (status, body) = http_get(
+        serve.http_port,
+        &token,
+        &format!("/api/studies/{study}/reports"),
+    );
+    assert_eq!(status, 200, "{body}");
+    let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let listed = json["reports"].as_array().unwrap();
+    assert_eq!(listed.len(), 4, "{json:#}");
+    let text_of = |f: &FixtureFile| {
+        listed
+            .iter()
+            .find(|r| r["sop_instance_uid"] == f.sop_instance_uid.as_str())
+            .unwrap_or_else(|| panic!("no report of {}: {json:#}", f.file_name))["report"]
+            ["report_text"]
+            .as_str()
+            .unwrap_or("")
+            .to_owned()
+    };
+    assert!(text_of(&reports[0]).contains("\nImpressions\n"));
+    assert!(text_of(&reports[1]).contains("\nIMPRESSION\n"));
+    assert!(text_of(&reports[2]).contains("Long Axis: "));
+    assert!(text_of(&reports[3]).contains("Study Date: "));
+
+    // The extracted text is searchable: the reports themselves, and their
+    // study by its report text (QIDO-RS).
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let (status, body) = http_get(serve.http_port, &token, "/api/search?kind=report");
+        assert_eq!(status, 200, "{body}");
+        let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+        if json["total"] == 4 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{body}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (_, body) = http_get(serve.http_port, &token, "/api/search?q=%22long%20axis%22");
+    let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let hits = json["hits"].as_array().unwrap();
+    assert!(
+        hits.iter()
+            .any(|h| h["report"]["sop_instance_uid"] == reports[2].sop_instance_uid.as_str()),
+        "{body}"
+    );
+    let (status, body) = http_get(
+        serve.http_port,
+        &token,
+        "/dicom-web/studies?reporttext=long%20axis",
+    );
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains(study.as_str()), "{body}");
+}

@@ -318,7 +318,14 @@ impl Archive {
             stored_size: compressed.len() as u64,
         };
         match catalog
-            .record_instance(&attrs, &blob, &source, &parsed.metadata_json, allow_replace)
+            .record_instance_with_report(
+                &attrs,
+                &blob,
+                &source,
+                &parsed.metadata_json,
+                parsed.document.as_ref(),
+                allow_replace,
+            )
             .await
         {
             Ok(RecordOutcome::Recorded {

@@ -189,5 +189,8 @@ pub struct StoredReport {
     pub id: i64,
     /// The Patient ID it is filed under.
     pub patient_id: Option<String>,
+    /// The DICOM instance that holds it (a Structured Report or an
+    /// Encapsulated PDF), for a report that arrived as one.
+    pub sop_instance_uid: Option<String>,
     pub report: ResultReport,
 }

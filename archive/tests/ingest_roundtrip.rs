@@ -50,9 +50,27 @@ async fn roundtrip_every_fixture(archive: &Archive) {
         files.iter().map(|f| f.bytes.len()).sum::<usize>()
     );
     assert!(stats.stored_bytes < stats.original_bytes);
-    // Every ingest appended to the change feed, in order.
+    // Every ingest appended to the change feed, in order; so did the report
+    // of each SR and PDF.
     let changes = archive.catalog().changes_since(0, 10_000).await.unwrap();
-    assert_eq!(changes.len(), files.len());
+    let instances = changes.iter().filter(|c| c.kind == "instance-stored");
+    assert_eq!(instances.count(), files.len());
+    let documents = files
+        .iter()
+        .filter(|f| matches!(f.kind, pacs_fixtures::Kind::Sr | pacs_fixtures::Kind::Pdf))
+        .count();
+    assert!(documents > 0);
+    let reports: Vec<_> = changes
+        .iter()
+        .filter(|c| c.kind == "report-stored")
+        .collect();
+    assert_eq!(reports.len(), documents);
+    assert!(
+        reports
+            .iter()
+            .all(|c| c.report_id.is_some() && c.study_instance_uid.is_some())
+    );
+    assert_eq!(changes.len(), files.len() + documents);
     assert!(changes.windows(2).all(|w| w[0].seq < w[1].seq));
 }
 

@@ -13,8 +13,8 @@ use bytes::Bytes;
 use pacs_archive::catalog::Catalog;
 use pacs_archive::query::{Attribute, Condition, Level, Matcher, Query};
 use pacs_archive::{Archive, ArchiveConfig, IngestReceipt, IngestSource};
-use pacs_fixtures::{DatasetSpec, FixtureFile, ts};
-use pacs_indexer::{IndexError, StudyDoc, StudyIndex, can_answer};
+use pacs_fixtures::{DatasetSpec, FixtureFile, Kind, ts};
+use pacs_indexer::{DocKind, IndexError, StudyDoc, StudyIndex, can_answer};
 
 const STUDIES: usize = 36;
 
@@ -36,6 +36,16 @@ fn spec(seed: u64) -> DatasetSpec {
         transfer_syntax: Some(ts::EXPLICIT_VR_LE),
         ..DatasetSpec::default()
     }
+}
+
+/// The change-feed entries that ingesting `files` appends: one per
+/// instance, and one per report an SR or PDF holds.
+fn changes_of(files: &[FixtureFile]) -> usize {
+    files.len()
+        + files
+            .iter()
+            .filter(|f| matches!(f.kind, Kind::Sr | Kind::Pdf))
+            .count()
 }
 
 struct Setup {
@@ -161,7 +171,7 @@ fn studies_of_patient(files: &[FixtureFile], patient_id: &str) -> BTreeSet<Strin
 async fn every_matcher_kind_matches_like_the_catalog() {
     let s = setup(spec(42)).await;
     let applied = s.index.catch_up(s.catalog()).await.unwrap();
-    assert_eq!(applied as usize, s.files.len());
+    assert_eq!(applied as usize, changes_of(&s.files));
     assert_eq!(
         s.index.indexed_seq(),
         s.catalog().last_change_seq().await.unwrap()
@@ -552,7 +562,7 @@ async fn pages_cover_every_match_once_in_a_stable_order() {
 #[tokio::test]
 async fn resumes_after_reopen_rebuilds_and_recreates_on_schema_change() {
     let s = setup(spec(7)).await;
-    let files = s.files.len() as u64;
+    let files = changes_of(&s.files) as u64;
     assert_eq!(s.index.indexed_seq(), 0);
     assert_eq!(s.index.catch_up(s.catalog()).await.unwrap(), files);
     assert_eq!(s.index.catch_up(s.catalog()).await.unwrap(), 0);
@@ -602,14 +612,20 @@ async fn resumes_after_reopen_rebuilds_and_recreates_on_schema_change() {
     };
     let answers: Vec<Vec<StudyDoc>> = queries.iter().map(|q| search_all(&index, q)).collect();
     let rebuilt = index.rebuild(archive.catalog(), &progress).await.unwrap();
-    assert_eq!(rebuilt as usize, STUDIES + 1);
+    // Every study, and the report of each SR and PDF.
+    let reports = fixture_files
+        .iter()
+        .filter(|f| matches!(f.kind, Kind::Sr | Kind::Pdf))
+        .count() as u64;
+    assert_eq!(rebuilt, STUDIES as u64 + 1 + reports);
+    assert_eq!(index.count(DocKind::Report), reports);
     assert_eq!(last.load(Ordering::SeqCst), rebuilt);
     assert!(calls.load(Ordering::SeqCst) >= 2);
     assert_eq!(
         index.indexed_seq(),
         archive.catalog().last_change_seq().await.unwrap()
     );
-    assert_eq!(index.num_studies(), rebuilt);
+    assert_eq!(index.num_studies(), STUDIES as u64 + 1);
     for (q, a) in queries.iter().zip(&answers) {
         assert_eq!(&search_all(&index, q), a, "{q:?} after rebuild");
     }

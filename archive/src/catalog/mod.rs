@@ -19,11 +19,13 @@ use sqlx::{Row, Sqlite, Transaction};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::error::ArchiveError;
+use crate::ingest::ReportDocument;
 use crate::model::{IngestSource, InstanceAttributes};
 
 mod tokens;
 pub use tokens::{ApiToken, TokenRole};
 
+mod documents;
 mod reports;
 mod results;
 mod studies;
@@ -135,6 +137,8 @@ struct PendingRecord {
     blob: BlobRecord,
     source: String,
     metadata_json: String,
+    /// The report the instance holds (SR, Encapsulated PDF), if any.
+    document: Option<ReportDocument>,
     replace: bool,
     reply: oneshot::Sender<Result<RecordOutcome, ArchiveError>>,
 }
@@ -359,12 +363,29 @@ impl Catalog {
         metadata_json: &str,
         replace: bool,
     ) -> Result<RecordOutcome, ArchiveError> {
+        self.record_instance_with_report(attrs, blob, source, metadata_json, None, replace)
+            .await
+    }
+
+    /// [`Catalog::record_instance`] of an instance that holds a report
+    /// (SR, Encapsulated PDF): the report is recorded in the same
+    /// transaction, and updated when the instance is replaced.
+    pub async fn record_instance_with_report(
+        &self,
+        attrs: &InstanceAttributes,
+        blob: &BlobRecord,
+        source: &IngestSource,
+        metadata_json: &str,
+        document: Option<&ReportDocument>,
+        replace: bool,
+    ) -> Result<RecordOutcome, ArchiveError> {
         let (reply, answer) = oneshot::channel();
         let pending = PendingRecord {
             attrs: attrs.clone(),
             blob: blob.clone(),
             source: source.to_string(),
             metadata_json: metadata_json.to_owned(),
+            document: document.cloned(),
             replace,
             reply,
         };
@@ -499,6 +520,16 @@ async fn record_in_tx(
     .bind(&rec.source)
     .bind(&rec.metadata_json)
     .execute(&mut **tx)
+    .await?;
+    documents::record_document(
+        tx,
+        patient_pk,
+        &rec.attrs,
+        &rec.blob,
+        &rec.source,
+        rec.document.as_ref(),
+        &now,
+    )
     .await?;
     let kind = if existing.is_some() {
         "instance-replaced"

@@ -136,10 +136,13 @@ impl Catalog {
         })
     }
 
-    /// (id, SHA-256, blob key, original size) of every recorded message.
+    /// (id, SHA-256, blob key, original size) of every recorded message
+    /// except the reports of DICOM instances (their blob is the instance's).
     pub async fn message_blobs(&self) -> Result<Vec<(i64, String, String, i64)>, ArchiveError> {
+        // Reports held by DICOM instances share the instance's blob, which
+        // the instance check covers.
         let rows =
-            sqlx::query("SELECT id, sha256, blob_key, original_size FROM messages ORDER BY id")
+            sqlx::query("SELECT id, sha256, blob_key, original_size FROM messages WHERE format <> 'dicom' ORDER BY id")
                 .fetch_all(&self.reader)
                 .await?;
         rows.iter()
@@ -168,7 +171,7 @@ impl Catalog {
         let rows = sqlx::query(
             "SELECT r.id, p.patient_id, r.placer_number, r.filler_number, r.accession_number, \
              r.service_code, r.service_display, r.service_system, r.observed_at, r.status, \
-             r.report_text, r.study_instance_uid \
+             r.report_text, r.study_instance_uid, r.sop_instance_uid \
              FROM reports r JOIN patients p ON p.id = r.patient_pk \
              WHERE r.study_instance_uid = $1 ORDER BY r.id",
         )
@@ -180,6 +183,7 @@ impl Catalog {
                 Ok(StoredReport {
                     id: r.try_get(0)?,
                     patient_id: r.try_get(1)?,
+                    sop_instance_uid: r.try_get(12)?,
                     report: ResultReport {
                         placer_number: r.try_get(2)?,
                         filler_number: r.try_get(3)?,

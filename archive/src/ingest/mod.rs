@@ -2,11 +2,13 @@
 //! plus its transfer syntax as C-STORE hands it over. The pipeline that
 //! stores it lives in [`crate::Archive::ingest_part10`].
 
+mod document;
 mod parse;
 mod structure;
 
 pub use structure::is_deflated;
 
+pub use document::{MAX_TEXT_BYTES, ReportDocument, pdf_text, report_class_name, sr_text};
 pub use parse::{ParsedObject, parse_part10, part10_from_dataset};
 
 /// Implementation Class UID written into the file meta group of objects

@@ -3,7 +3,9 @@
 //! Every element header of the object is walked first (`structure`), so a file
 //! truncated inside its pixel data, or one declaring lengths it does not
 //! have, is refused before anything is allocated on its word. The data set is
-//! then parsed only up to the pixel data. Binary bulk data is dropped before
+//! then parsed only up to the pixel data (reports, SR and Encapsulated PDF,
+//! have none: their content tree and document are read whole, and their
+//! text extracted here, see `document`). Binary bulk data is dropped before
 //! the DICOM JSON metadata (PS3.18 F.2) is made; such attributes stay in the
 //! JSON with their VR and no value.
 
@@ -13,6 +15,7 @@ use dicom_dictionary_std::tags;
 use dicom_object::file::ReadPreamble;
 use dicom_object::{FileMetaTable, FileMetaTableBuilder, InMemDicomObject, OpenFileOptions};
 
+use super::document::{self, ReportDocument};
 use super::structure;
 use super::{IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME};
 use crate::model::{InstanceAttributes, RefusalReason, check_uid, uid_has_leading_zero};
@@ -23,6 +26,9 @@ pub struct ParsedObject {
     pub attributes: InstanceAttributes,
     /// DICOM JSON of the data set without bulk data.
     pub metadata_json: String,
+    /// The report it holds, for an SR or Encapsulated PDF whose text could
+    /// be read.
+    pub document: Option<ReportDocument>,
 }
 
 fn error_chain(err: &dyn std::error::Error) -> String {
@@ -268,6 +274,9 @@ pub fn parse_part10(
         );
     }
 
+    // Before the bulk data goes: the EncapsulatedDocument is bulk data.
+    let document = document::extract(&obj, &attributes.sop_class_uid);
+
     // Drop top-level bulk data before serialising: no point base64-encoding
     // megabytes of pixels only to throw them away.
     let bulk: Vec<(Tag, VR)> = obj
@@ -306,5 +315,6 @@ pub fn parse_part10(
     Ok(ParsedObject {
         attributes,
         metadata_json,
+        document,
     })
 }
