@@ -23,6 +23,7 @@ use crate::model::{IngestSource, InstanceAttributes};
 mod tokens;
 pub use tokens::{ApiToken, TokenRole};
 
+pub mod fhir;
 mod results;
 mod studies;
 pub use results::{MessageBlob, MessageOutcome};

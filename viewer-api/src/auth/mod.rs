@@ -104,6 +104,14 @@ pub fn action_for(method: &Method, route: &str) -> Option<Action> {
     if route == "/wado" || route.starts_with("/api/") {
         return reading.then_some(Action::Read);
     }
+    if let Some(rest) = route.strip_prefix("/fhir/r4") {
+        return match rest {
+            "" | "/{type}" if *method == Method::POST => Some(Action::Store),
+            "/metadata" | "/{type}/{id}" if reading => Some(Action::Read),
+            "/{type}" if reading => Some(Action::Search),
+            _ => None,
+        };
+    }
     let rest = route.strip_prefix("/dicom-web")?;
     if *method == Method::POST {
         return matches!(rest, "/studies" | "/studies/{study}").then_some(Action::Store);
@@ -225,18 +233,24 @@ fn bearer(request: &Request) -> Result<&str, ApiError> {
 }
 
 /// The layer: authenticate, find the route's action and target, ask the
-/// policy, and hand the principal to the handler (as an extension).
-pub async fn authorize(
-    State(state): State<AppState>,
-    request: Request,
-    next: Next,
-) -> Result<Response, ApiError> {
+/// policy, and hand the principal to the handler (as an extension). A
+/// refusal is answered in the dialect of the path (an OperationOutcome
+/// under `/fhir/`).
+pub async fn authorize(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let path = request.uri().path().to_owned();
+    match admit(&state, request).await {
+        Ok(request) => next.run(request).await,
+        Err(e) => crate::fhir::error::api_error_for(&path, e),
+    }
+}
+
+async fn admit(state: &AppState, request: Request) -> Result<Request, ApiError> {
     let principal = state
         .tokens()
         .authenticate(state.archive().catalog(), bearer(&request)?)
         .await?;
     let (mut parts, body) = request.into_parts();
-    let params = RawPathParams::from_request_parts(&mut parts, &state)
+    let params = RawPathParams::from_request_parts(&mut parts, state)
         .await
         .ok();
     let mut request = Request::from_parts(parts, body);
@@ -265,7 +279,7 @@ pub async fn authorize(
         .decide(&principal, action, &target)
         .map_err(ApiError::Forbidden)?;
     request.extensions_mut().insert(principal);
-    Ok(next.run(request).await)
+    Ok(request)
 }
 
 #[cfg(test)]
@@ -303,6 +317,25 @@ mod tests {
             action_for(&Method::POST, "/api/patients/{patient}/results"),
             None
         );
+        assert_eq!(action_for(&Method::POST, "/fhir/r4"), Some(Action::Store));
+        assert_eq!(
+            action_for(&Method::POST, "/fhir/r4/{type}"),
+            Some(Action::Store)
+        );
+        assert_eq!(
+            action_for(&Method::GET, "/fhir/r4/{type}"),
+            Some(Action::Search)
+        );
+        assert_eq!(
+            action_for(&Method::GET, "/fhir/r4/{type}/{id}"),
+            Some(Action::Read)
+        );
+        assert_eq!(
+            action_for(&Method::GET, "/fhir/r4/metadata"),
+            Some(Action::Read)
+        );
+        assert_eq!(action_for(&Method::GET, "/fhir/r4"), None);
+        assert_eq!(action_for(&Method::DELETE, "/fhir/r4/{type}/{id}"), None);
     }
 
     #[test]
