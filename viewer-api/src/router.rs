@@ -101,6 +101,7 @@ fn cors(origins: &[String]) -> Option<CorsLayer> {
             header::WARNING,
             header::CONTENT_TYPE,
             header::CONTENT_LOCATION,
+            header::LOCATION,
         ])
         .max_age(std::time::Duration::from_secs(600));
     Some(if origins.iter().any(|o| o == "*") {

@@ -7,7 +7,7 @@
 //! - `code`: `system|code`, `|code` (no system) or `code` (any system);
 //!   LOINC matches as `http://loinc.org` and as HL7's `LN`.
 //! - `date`: prefixes `eq` (default), `ne`, `gt`, `lt`, `ge`, `le`, `sa`,
-//!   `eb` at year, month, day or second precision; repeated `date`
+//!   `eb` (and DSTU1's `>=`, `<=`, `>`, `<`) at year, month, day or second precision; repeated `date`
 //!   parameters all apply. The value's range `[from, until)` is compared
 //!   with the stored time (as an instant, its wall-clock digits; a zone in
 //!   the parameter is not applied).
@@ -198,9 +198,15 @@ fn range(value: &str) -> Result<(String, String), FhirError> {
 }
 
 fn date_condition(value: &str) -> Result<TimeCondition, FhirError> {
-    let (prefix, rest) = match value.get(..2) {
-        Some(p) if p.bytes().all(|b| b.is_ascii_lowercase()) => (p, &value[2..]),
-        _ => ("eq", value),
+    // The comparison operators of DSTU1 (still sent by some clients, e.g.
+    // fhirclient's `$gte`) mean the prefixes.
+    let operators = [(">=", "ge"), ("<=", "le"), (">", "gt"), ("<", "lt")];
+    let (prefix, rest) = match operators.iter().find(|(op, _)| value.starts_with(op)) {
+        Some((op, prefix)) => (*prefix, &value[op.len()..]),
+        None => match value.get(..2) {
+            Some(p) if p.bytes().all(|b| b.is_ascii_lowercase()) => (p, &value[2..]),
+            _ => ("eq", value),
+        },
     };
     let (from, until) = range(rest)?;
     Ok(match prefix {
@@ -443,6 +449,8 @@ mod tests {
             }
         );
         assert!(matches!(cond("ne2024"), TimeCondition::Outside { .. }));
+        assert_eq!(cond(">=2024-12"), cond("ge2024-12"));
+        assert_eq!(cond("<2024-12"), cond("lt2024-12"));
         assert!(date_condition("ap2024").is_err());
         assert!(date_condition("2024-13").is_err());
         assert!(date_condition("2023-02-29").is_err());
