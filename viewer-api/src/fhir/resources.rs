@@ -861,11 +861,10 @@ pub enum EntryTarget {
 pub struct Posted {
     pub message: ResultMessage,
     pub entries: Vec<EntryTarget>,
-    /// The resourceType of each entry.
-    pub entry_types: Vec<String>,
 }
 
-/// How a report names its patient when not by a resource in the request.
+/// The archive patients (row ids) that posted resources name as
+/// `subject: {reference: "Patient/{id}"}`.
 pub fn archive_patient_refs(resources: &[&Value]) -> Vec<i64> {
     let mut refs = Vec::new();
     for r in resources {
@@ -1146,6 +1145,5 @@ pub fn message_from(
             patients: groups,
         },
         entries: out,
-        entry_types: entries.iter().map(|e| e.kind.clone()).collect(),
     })
 }

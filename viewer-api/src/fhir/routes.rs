@@ -185,18 +185,26 @@ fn expect_type(resource: &Value, expected: &str) -> Result<(), FhirError> {
     }
 }
 
+/// The posted resources: a Bundle's entries, or the DiagnosticReport.
+fn posted_resources<'a>(
+    resource: &'a Value,
+    expected: &str,
+) -> Result<Vec<(&'a Value, Option<String>)>, FhirError> {
+    if expected == "Bundle" {
+        resources::bundle_entries(resource)
+    } else {
+        Ok(vec![(resource, None)])
+    }
+}
+
 /// The archive's patients that posted reports reference as
 /// `Patient/{id}`.
 async fn archive_patients(
     state: &AppState,
-    resources: &[(&Value, Option<String>)],
+    refs: Vec<i64>,
 ) -> Result<HashMap<i64, ResultPatient>, FhirError> {
     let mut found = HashMap::new();
-    let mut candidates: Vec<&Value> = Vec::new();
-    for (r, _) in resources {
-        candidates.push(r);
-    }
-    for pk in resources::archive_patient_refs(&candidates) {
+    for pk in refs {
         if let Some(p) = state.archive().catalog().fhir_patient(pk).await?
             && let Some(id) = p.patient_id
         {
@@ -240,21 +248,20 @@ async fn record(
     expect_type(&resource, expected)?;
     let control_id = identifier_key(&resource).unwrap_or(sha);
     let batch = resource.get("type").and_then(Value::as_str) == Some("batch");
-    let posted: Vec<(&Value, Option<String>)> = if expected == "Bundle" {
-        resources::bundle_entries(&resource)?
-    } else {
-        vec![(&resource, None)]
+    let refs = {
+        let posted = posted_resources(&resource, expected)?;
+        let reports: Vec<&Value> = posted.iter().map(|(r, _)| *r).collect();
+        resources::archive_patient_refs(&reports)
     };
-    let known = archive_patients(state, &posted).await?;
-    let Posted {
-        message, entries, ..
-    } = resources::message_from(
-        &posted,
-        &known,
-        format!("fhir:{}", principal.name),
-        control_id,
-        expected,
-    )?;
+    let known = archive_patients(state, refs).await?;
+    let sender = format!("fhir:{}", principal.name);
+    let kind = expected.to_owned();
+    // Mapping walks the whole body: off the async runtime too.
+    let Posted { message, entries } = pacs_archive::on_rayon(move || {
+        let posted = posted_resources(&resource, &kind)?;
+        resources::message_from(&posted, &known, sender, control_id, &kind)
+    })
+    .await?;
     // Reports are numbered through the groups: where each group starts.
     let first_report_of_group: Vec<usize> = message
         .patients
@@ -584,6 +591,18 @@ pub async fn search(
     Ok(fhir_json(StatusCode::OK, &bundle))
 }
 
+/// Today (FHIR requires a date on a CapabilityStatement; this one is made
+/// afresh for every request).
+fn capability_date() -> String {
+    let today = time::OffsetDateTime::now_utc().date();
+    format!(
+        "{:04}-{:02}-{:02}",
+        today.year(),
+        today.month() as u8,
+        today.day()
+    )
+}
+
 /// `GET /fhir/r4/metadata`: what this server does, as a
 /// CapabilityStatement.
 pub async fn metadata(
@@ -619,7 +638,7 @@ pub async fn metadata(
     let statement = json!({
         "resourceType": "CapabilityStatement",
         "status": "active",
-        "date": "2026-01-01",
+        "date": capability_date(),
         "kind": "instance",
         "software": { "name": "pacs-lite", "version": env!("CARGO_PKG_VERSION") },
         "implementation": {
