@@ -1183,3 +1183,52 @@ async fn the_capability_statement_names_what_is_supported() {
     let a = h.get("/fhir/r4/metadata?_format=json").await;
     assert_eq!(a.status, StatusCode::OK);
 }
+
+#[tokio::test]
+async fn a_radiology_report_keeps_its_text_accession_and_study() {
+    let h = harness().await;
+    let mut bundle: Value = serde_json::from_slice(&fx::radiology_report(4, 2)).unwrap();
+    bundle["type"] = json!("batch");
+    let uid = "1.2.826.0.1.3680043.8.498.12345";
+    let sent = resource_of(&bundle, "DiagnosticReport")[0].clone();
+    let last = bundle["entry"].as_array().unwrap().len() - 1;
+    bundle["entry"][last]["resource"]["imagingStudy"] =
+        json!([{ "identifier": { "system": "urn:dicom:uid", "value": format!("urn:oid:{uid}") } }]);
+    let a = h.post("/fhir/r4", bundle.to_string()).await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.json());
+    let answer = a.json();
+    assert_eq!(answer["type"], "batch-response");
+    let location = entries(&answer)
+        .iter()
+        .map(|e| e["response"]["location"].as_str().unwrap().to_owned())
+        .find(|l| l.starts_with("DiagnosticReport/"))
+        .unwrap();
+    let report = h.read(&format!("/fhir/r4/{location}")).await;
+    assert_eq!(report["conclusion"], {
+        use base64::Engine;
+        let text = base64::engine::general_purpose::STANDARD
+            .decode(sent["presentedForm"][0]["data"].as_str().unwrap())
+            .unwrap();
+        json!(String::from_utf8(text).unwrap())
+    });
+    assert_eq!(
+        report["presentedForm"][0]["data"],
+        sent["presentedForm"][0]["data"]
+    );
+    let accession = report["identifier"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["type"]["coding"][0]["code"] == "ACSN")
+        .unwrap();
+    assert_eq!(accession["value"], sent["identifier"][0]["value"]);
+    assert_eq!(
+        report["imagingStudy"][0]["identifier"]["value"],
+        format!("urn:oid:{uid}")
+    );
+    assert!(report.get("result").is_none());
+    // The study's reports (the JSON API) list it: one model.
+    let study = h.get(&format!("/api/studies/{uid}/reports")).await;
+    assert_eq!(study.status, StatusCode::OK);
+    assert_eq!(study.json()["reports"].as_array().unwrap().len(), 1);
+}
