@@ -132,6 +132,11 @@ def lab_bundle(patient_id, order, when, hgb, wbc, identifier=None, corrected=Fal
     return bundle
 
 
+def first_page(search, server):
+    """The first Bundle of a fhirclient search (perform() is deprecated)."""
+    return next(iter(search.perform_iter(server)))
+
+
 def post(fhir, url, body):
     return fhir.post(url, data=json.dumps(body), headers={"Content-Type": FHIR_JSON})
 
@@ -229,21 +234,22 @@ def test_a_diagnostic_report_with_contained_results_is_created(fhir, fhir_base):
 
 def test_fhirclient_searches_by_patient_code_and_date(smart, stored):
     server = smart.server
-    hits = ClientDiagnosticReport.where(
-        struct={"patient.identifier": f"{MRN}|PYFHIR-1", "code": f"{LOINC}|58410-2"}
-    ).perform(server)
+    hits = first_page(
+        ClientDiagnosticReport.where(struct={"patient.identifier": f"{MRN}|PYFHIR-1", "code": f"{LOINC}|58410-2"}),
+        server,
+    )
     assert hits.total == 4
     for form in ["LN|58410-2", "58410-2"]:
-        b = ClientDiagnosticReport.where(struct={"patient.identifier": f"{MRN}|PYFHIR-1", "code": form}).perform(server)
+        b = first_page(ClientDiagnosticReport.where(struct={"patient.identifier": f"{MRN}|PYFHIR-1", "code": form}), server)
         assert b.total == 4, form
     patient_ref = hits.entry[0].resource.subject.reference
-    by_ref = ClientDiagnosticReport.where(struct={"patient": patient_ref}).perform(server)
+    by_ref = first_page(ClientDiagnosticReport.where(struct={"patient": patient_ref}), server)
     assert by_ref.total == 4
     # Date prefixes: the May report and its correction are the only ones
     # in May; ge/le bound a range; fhirclient's $gte operator works too.
-    may = ClientDiagnosticReport.where(struct={"patient": patient_ref, "date": "2024-05"}).perform(server)
+    may = first_page(ClientDiagnosticReport.where(struct={"patient": patient_ref, "date": "2024-05"}), server)
     assert may.total == 2
-    since = ClientDiagnosticReport.where(struct={"patient": patient_ref, "date": {"$gte": "2024-05-20"}}).perform(server)
+    since = first_page(ClientDiagnosticReport.where(struct={"patient": patient_ref, "date": {"$gte": "2024-05-20"}}), server)
     assert since.total == 3
     for params, expected in [
         ("date=ge2024-05-01&date=le2024-05-31", 2),
@@ -257,14 +263,14 @@ def test_fhirclient_searches_by_patient_code_and_date(smart, stored):
         b = server.request_json(f"DiagnosticReport?patient={patient_ref}&{params}")
         validate(b)
         assert b["total"] == expected, params
-    corrected = ClientDiagnosticReport.where(struct={"patient": patient_ref, "status": "corrected"}).perform(server)
+    corrected = first_page(ClientDiagnosticReport.where(struct={"patient": patient_ref, "status": "corrected"}), server)
     assert corrected.total == 1
 
 
 def test_observation_search_gives_current_results_and_pages(smart, fhir, fhir_base, stored):
     server = smart.server
     patient_ref = stored[0]["entry"][0]["response"]["location"]
-    hgb = ClientObservation.where(struct={"patient": patient_ref, "code": f"{LOINC}|718-7"}).perform(server)
+    hgb = first_page(ClientObservation.where(struct={"patient": patient_ref, "code": f"{LOINC}|718-7"}), server)
     # Three tests, the second corrected: three current values.
     assert hgb.total == 3
     values = sorted(e.resource.valueQuantity.value for e in hgb.entry)
@@ -363,7 +369,7 @@ def test_an_oru_sent_with_mllp_send_reads_back_as_fhir(server, fhir, fhir_base, 
     )
     assert out.returncode == 0, out.stderr
     assert "MSA|AA|PYORU1" in out.stdout, out.stdout
-    reports = ClientDiagnosticReport.where(struct={"patient:identifier": "HOSP|PYHL7-1"}).perform(smart.server)
+    reports = first_page(ClientDiagnosticReport.where(struct={"patient:identifier": "HOSP|PYHL7-1"}), smart.server)
     assert reports.total == 1
     raw = read(fhir, f"{fhir_base}/DiagnosticReport/{reports.entry[0].resource.id}")
     assert raw["code"]["coding"][0] == {"system": LOINC, "code": "58410-2", "display": "CBC panel - Blood by Automated count"}
@@ -373,6 +379,6 @@ def test_an_oru_sent_with_mllp_send_reads_back_as_fhir(server, fhir, fhir_base, 
     assert results[0]["valueQuantity"] == {"value": 13.2, "unit": "g/dL"}
     assert results[1]["interpretation"][0]["coding"][0]["code"] == "H"
     assert results[2]["valueString"] == "Sample slightly lipaemic"
-    by_code = ClientObservation.where(struct={"patient": raw["subject"]["reference"], "code": "LN|6690-2"}).perform(smart.server)
+    by_code = first_page(ClientObservation.where(struct={"patient": raw["subject"]["reference"], "code": "LN|6690-2"}), smart.server)
     assert by_code.total == 1
     assert by_code.entry[0].resource.valueQuantity.value == 11.2
