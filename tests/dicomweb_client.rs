@@ -1,9 +1,11 @@
-//! The DICOMweb API as a real, independent client sees it: runs the pytest
-//! suite in `tests/python` (dicomweb-client, requests, pydicom, Pillow and
-//! DCMTK against a `pacs serve` on loopback with free ports).
+//! The DICOMweb and FHIR APIs as real, independent clients see them: runs
+//! the pytest suite in `tests/python` (dicomweb-client, requests, pydicom,
+//! Pillow and DCMTK; fhir.resources, fhirclient and mllp_send for FHIR)
+//! against a `pacs serve` on loopback with free ports.
 //!
 //! Needs `$PACS_TEST_PYTHON` with pydicom, dicomweb-client, pytest,
-//! requests, numpy and Pillow (scripts/test installs them). Without it the
+//! requests, numpy, Pillow, hl7, fhir.resources and fhirclient
+//! (scripts/test installs them). Without it the
 //! test is skipped, unless `PACS_TEST_REQUIRE_PEERS` is set: then it fails.
 //! The fixtures are generated here through the pacs-fixtures library;
 //! `tests/python/conftest.py` (FIXTURE_SETS) describes the same sets for
@@ -19,7 +21,8 @@ use pacs_fixtures::{DatasetSpec, ts};
 /// The whole suite takes seconds; this only bounds a hung server.
 const TIMEOUT: Duration = Duration::from_secs(20 * 60);
 
-const IMPORTS: &str = "import pydicom, dicomweb_client, pytest, requests, numpy, PIL";
+const IMPORTS: &str = "import pydicom, dicomweb_client, pytest, requests, numpy, PIL, hl7, \
+     fhirclient; from fhir.resources.R4B import get_fhir_model_class";
 
 fn skip_or_fail(why: &str) {
     assert!(

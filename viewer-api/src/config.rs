@@ -24,6 +24,9 @@ pub struct HttpConfig {
     /// Largest STOW-RS request body, bytes. A body is read whole before
     /// anything in it is stored, so a broken request stores nothing.
     pub max_stow_bytes: u64,
+    /// Largest FHIR request body (a DiagnosticReport or Bundle), bytes. A
+    /// body is read whole and mapped before anything in it is stored.
+    pub max_fhir_bytes: u64,
     /// Matches a QIDO-RS search returns when the request sets no `limit`.
     pub qido_default_limit: usize,
     /// Largest `limit` a QIDO-RS search may ask for.
@@ -42,6 +45,7 @@ impl Default for HttpConfig {
             public_base_url: String::new(),
             cors_allowed_origins: Vec::new(),
             max_stow_bytes: 1 << 30,
+            max_fhir_bytes: 16 << 20,
             qido_default_limit: 1000,
             qido_max_limit: 10_000,
             thumbnail_size: 128,

@@ -4,6 +4,7 @@ pub mod auth;
 pub mod config;
 pub mod dicomweb;
 pub mod error;
+pub mod fhir;
 pub mod frames;
 pub mod metrics;
 pub mod render;

@@ -2,7 +2,7 @@
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::http::{HeaderValue, Method, StatusCode, Uri, header};
 use axum::middleware::from_fn_with_state;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -11,6 +11,8 @@ use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 use crate::auth;
 use crate::dicomweb::{qido, stow, wado, wado_uri};
 use crate::error::ApiError;
+use crate::fhir;
+use crate::fhir::error::api_error_for;
 use crate::metrics;
 use crate::results;
 use crate::search;
@@ -78,12 +80,15 @@ async fn metrics_text(State(state): State<AppState>) -> Response {
         .into_response()
 }
 
-async fn not_found() -> ApiError {
-    ApiError::NotFound("no such resource".into())
+async fn not_found(uri: Uri) -> Response {
+    api_error_for(uri.path(), ApiError::NotFound("no such resource".into()))
 }
 
-async fn method_not_allowed(method: Method) -> ApiError {
-    ApiError::MethodNotAllowed(format!("{method} is not allowed on this resource"))
+async fn method_not_allowed(method: Method, uri: Uri) -> Response {
+    api_error_for(
+        uri.path(),
+        ApiError::MethodNotAllowed(format!("{method} is not allowed on this resource")),
+    )
 }
 
 fn cors(origins: &[String]) -> Option<CorsLayer> {
@@ -97,6 +102,7 @@ fn cors(origins: &[String]) -> Option<CorsLayer> {
             header::WARNING,
             header::CONTENT_TYPE,
             header::CONTENT_LOCATION,
+            header::LOCATION,
         ])
         .max_age(std::time::Duration::from_secs(600));
     Some(if origins.iter().any(|o| o == "*") {
@@ -127,6 +133,7 @@ pub fn router(state: AppState) -> Router {
             get(results::test_history),
         )
         .route("/metrics", get(metrics_text))
+        .merge(fhir::routes())
         .route_layer(from_fn_with_state(state.clone(), auth::authorize));
     let app = Router::new()
         .route("/healthz", get(healthz))

@@ -26,6 +26,7 @@ mod tokens;
 pub use tokens::{ApiToken, TokenRole};
 
 mod documents;
+pub mod fhir;
 mod reports;
 mod results;
 mod studies;

@@ -110,6 +110,14 @@ pub fn action_for(method: &Method, route: &str) -> Option<Action> {
     if route == "/wado" || route.starts_with("/api/") {
         return reading.then_some(Action::Read);
     }
+    if let Some(rest) = route.strip_prefix("/fhir/r4") {
+        return match rest {
+            "" | "/{type}" if *method == Method::POST => Some(Action::Store),
+            "/metadata" | "/{type}/{id}" if reading => Some(Action::Read),
+            "/{type}" if reading => Some(Action::Search),
+            _ => None,
+        };
+    }
     let rest = route.strip_prefix("/dicom-web")?;
     if *method == Method::POST {
         return matches!(rest, "/studies" | "/studies/{study}").then_some(Action::Store);
@@ -231,18 +239,51 @@ fn bearer(request: &Request) -> Result<&str, ApiError> {
 }
 
 /// The layer: authenticate, find the route's action and target, ask the
-/// policy, and hand the principal to the handler (as an extension).
-pub async fn authorize(
-    State(state): State<AppState>,
+/// policy, and hand the principal to the handler (as an extension). A
+/// refusal is answered in the dialect of the path (an OperationOutcome
+/// under `/fhir/`).
+pub async fn authorize(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let path = request.uri().path().to_owned();
+    match admit(&state, request).await {
+        Ok((request, audit)) => {
+            let response = next.run(request).await;
+            if let Some(a) = audit {
+                state.audit().record(&AuditEvent {
+                    principal: &a.principal,
+                    action: a.action,
+                    method: &a.method,
+                    route: &a.route,
+                    path: &a.path,
+                    target: &a.target,
+                    status: response.status().as_u16(),
+                });
+            }
+            response
+        }
+        Err(e) => crate::fhir::error::api_error_for(&path, e),
+    }
+}
+
+/// An admitted request that is audited once answered.
+struct Admitted {
+    principal: Principal,
+    action: Action,
+    method: Method,
+    route: String,
+    path: String,
+    target: Target,
+}
+
+async fn admit(
+    state: &AppState,
     request: Request,
-    next: Next,
-) -> Result<Response, ApiError> {
+) -> Result<(Request, Option<Admitted>), ApiError> {
     let principal = state
         .tokens()
         .authenticate(state.archive().catalog(), bearer(&request)?)
         .await?;
     let (mut parts, body) = request.into_parts();
-    let params = RawPathParams::from_request_parts(&mut parts, &state)
+    let params = RawPathParams::from_request_parts(&mut parts, state)
         .await
         .ok();
     let mut request = Request::from_parts(parts, body);
@@ -270,27 +311,16 @@ pub async fn authorize(
         .policy()
         .decide(&principal, action, &target)
         .map_err(ApiError::Forbidden)?;
-    let audited = AuditEvent::is_audited(action).then(|| {
-        (
-            principal.clone(),
-            request.method().clone(),
-            request.uri().path().to_owned(),
-        )
+    let audit = AuditEvent::is_audited(action).then(|| Admitted {
+        principal: principal.clone(),
+        action,
+        method: request.method().clone(),
+        route: route.to_owned(),
+        path: request.uri().path().to_owned(),
+        target,
     });
     request.extensions_mut().insert(principal);
-    let response = next.run(request).await;
-    if let Some((principal, method, path)) = audited {
-        state.audit().record(&AuditEvent {
-            principal: &principal,
-            action,
-            method: &method,
-            route,
-            path: &path,
-            target: &target,
-            status: response.status().as_u16(),
-        });
-    }
-    Ok(response)
+    Ok((request, audit))
 }
 
 #[cfg(test)]
@@ -328,6 +358,25 @@ mod tests {
             action_for(&Method::POST, "/api/patients/{patient}/results"),
             None
         );
+        assert_eq!(action_for(&Method::POST, "/fhir/r4"), Some(Action::Store));
+        assert_eq!(
+            action_for(&Method::POST, "/fhir/r4/{type}"),
+            Some(Action::Store)
+        );
+        assert_eq!(
+            action_for(&Method::GET, "/fhir/r4/{type}"),
+            Some(Action::Search)
+        );
+        assert_eq!(
+            action_for(&Method::GET, "/fhir/r4/{type}/{id}"),
+            Some(Action::Read)
+        );
+        assert_eq!(
+            action_for(&Method::GET, "/fhir/r4/metadata"),
+            Some(Action::Read)
+        );
+        assert_eq!(action_for(&Method::GET, "/fhir/r4"), None);
+        assert_eq!(action_for(&Method::DELETE, "/fhir/r4/{type}/{id}"), None);
     }
 
     #[test]
