@@ -380,6 +380,30 @@ async fn study_searches_filter_on_report_text_and_reads_are_audited() {
         .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
 
+    // A FHIR read by row id is audited with the patient the record is of.
+    let (status, bundle) = h
+        .get_as(&h.admin, "/fhir/r4/Patient?identifier=HOSP%7CP-1")
+        .await;
+    assert_eq!(status, StatusCode::OK, "{bundle}");
+    let id = bundle["entry"][0]["resource"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (status, _) = h.get_as(&h.admin, &format!("/fhir/r4/Patient/{id}")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        h.audit
+            .0
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|(_, action, route, patient, _)| {
+                *action == Action::Read
+                    && route == "/fhir/r4/{type}/{id}"
+                    && patient.as_deref() == Some("P-1")
+            })
+    );
+
     // A read of a patient's results is audited with the patient as target.
     let (status, _) = h.get_as(&h.admin, "/api/patients/P-1/results").await;
     assert_eq!(status, StatusCode::OK);

@@ -31,6 +31,13 @@ impl AuditEvent<'_> {
     }
 }
 
+/// What a request touched, when its path does not say (a FHIR read by row
+/// id learns its patient from the record): a handler adds it to its
+/// response's extensions and the audit event names it instead of the path's
+/// target.
+#[derive(Debug, Clone)]
+pub struct AuditTarget(pub Target);
+
 /// Where audit events go. Called on the request's task after the response
 /// is built: keep it quick (queue, don't write synchronously to a slow
 /// store).

@@ -23,7 +23,7 @@ use rand::RngCore;
 use sha2::{Digest, Sha256};
 
 mod audit;
-pub use audit::{AuditEvent, AuditSink, LogAudit};
+pub use audit::{AuditEvent, AuditSink, AuditTarget, LogAudit};
 
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -248,13 +248,17 @@ pub async fn authorize(State(state): State<AppState>, request: Request, next: Ne
         Ok((request, audit)) => {
             let response = next.run(request).await;
             if let Some(a) = audit {
+                let target = response
+                    .extensions()
+                    .get::<AuditTarget>()
+                    .map_or(&a.target, |t| &t.0);
                 state.audit().record(&AuditEvent {
                     principal: &a.principal,
                     action: a.action,
                     method: &a.method,
                     route: &a.route,
                     path: &a.path,
-                    target: &a.target,
+                    target,
                     status: response.status().as_u16(),
                 });
             }

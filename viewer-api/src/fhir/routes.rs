@@ -24,7 +24,7 @@ use super::resources::{
     self, EntryTarget, Posted, observation_resource, patient_resource, report_resource,
 };
 use super::search::{self, Query, SearchType};
-use crate::auth::{Action, Principal, Scope, Target};
+use crate::auth::{Action, AuditTarget, Principal, Scope, Target};
 use crate::error::ApiError;
 use crate::state::AppState;
 
@@ -491,14 +491,14 @@ pub async fn read(
         return Err(not_found(&kind, &id));
     };
     let catalog = state.archive().catalog();
-    let resource = match kind.as_str() {
+    let (resource, patient) = match kind.as_str() {
         "DiagnosticReport" => {
             let r = catalog
                 .fhir_report(pk)
                 .await?
                 .ok_or_else(|| not_found(&kind, &id))?;
             may_read(&state, &principal, r.report.patient_id.as_deref())?;
-            report_resource(&r)
+            (report_resource(&r), r.report.patient_id.clone())
         }
         "Observation" => {
             let o = catalog
@@ -506,7 +506,7 @@ pub async fn read(
                 .await?
                 .ok_or_else(|| not_found(&kind, &id))?;
             may_read(&state, &principal, o.patient_id.as_deref())?;
-            observation_resource(&o)
+            (observation_resource(&o), o.patient_id.clone())
         }
         _ => {
             let p = catalog
@@ -514,10 +514,16 @@ pub async fn read(
                 .await?
                 .ok_or_else(|| not_found(&kind, &id))?;
             may_read(&state, &principal, p.patient_id.as_deref())?;
-            patient_resource(&p)
+            (patient_resource(&p), p.patient_id.clone())
         }
     };
-    Ok(fhir_json(StatusCode::OK, &resource))
+    let mut response = fhir_json(StatusCode::OK, &resource);
+    // The audit event names the patient the id turned out to belong to.
+    response.extensions_mut().insert(AuditTarget(Target {
+        study: None,
+        patient,
+    }));
+    Ok(response)
 }
 
 /// `GET /fhir/r4/{type}?...`.
