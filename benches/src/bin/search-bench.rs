@@ -221,7 +221,36 @@ fn url(s: &TextSearch) -> String {
     format!("/api/search?{}", query.finish())
 }
 
-fn classes(words: &[(String, usize)], patients: &[String]) -> Vec<Class> {
+/// The middle third of the reports' observation dates (`YYYYMMDD`).
+async fn middle_dates(archive: &Archive) -> anyhow::Result<(String, String)> {
+    let rows = archive
+        .catalog()
+        .select_text_rows(
+            "SELECT MIN(substr(observed_at, 1, 8)), MAX(substr(observed_at, 1, 8)) FROM reports",
+            &[],
+            1,
+        )
+        .await?;
+    let day = |v: &Option<String>| -> anyhow::Result<i64> {
+        let v = v.as_deref().context("no observation dates")?;
+        let (y, m, d): (i64, i64, i64) = (v[..4].parse()?, v[4..6].parse()?, v[6..8].parse()?);
+        Ok(y * 372 + (m - 1) * 31 + (d - 1))
+    };
+    let (lo, hi) = (day(&rows[0][0])?, day(&rows[0][1])?);
+    // A day every month has (the API refuses impossible dates).
+    let date = |n: i64| {
+        format!(
+            "{:04}{:02}{:02}",
+            n / 372,
+            (n % 372) / 31 + 1,
+            (n % 31 + 1).min(28)
+        )
+    };
+    let third = (hi - lo) / 3;
+    Ok((date(lo + third), date(hi - third)))
+}
+
+fn classes(words: &[(String, usize)], patients: &[String], dates: &(String, String)) -> Vec<Class> {
     let at = |frac: f64| -> Vec<String> {
         let i = ((words.len() as f64) * frac) as usize;
         words
@@ -277,13 +306,13 @@ fn classes(words: &[(String, usize)], patients: &[String]) -> Vec<Class> {
                 .collect(),
         },
         Class {
-            name: "common word + date range + kind".into(),
+            name: format!("common word + date range ({}-{}) + kind", dates.0, dates.1),
             searches: common
                 .iter()
                 .map(|w| TextSearch {
                     kinds: vec![DocKind::Report],
-                    date_from: Some("20180101".into()),
-                    date_to: Some("20201231".into()),
+                    date_from: Some(dates.0.clone()),
+                    date_to: Some(dates.1.clone()),
                     ..text(w)
                 })
                 .collect(),
@@ -391,7 +420,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         index.clone(),
         HttpConfig::default(),
     ));
-    let classes = classes(&words, &patients);
+    let dates = middle_dates(&archive).await?;
+    let classes = classes(&words, &patients, &dates);
 
     println!();
     println!(
