@@ -12,8 +12,9 @@ use sqlx::Row;
 use sqlx::sqlite::SqliteRow;
 
 use super::Catalog;
+use super::results::{OBSERVATION_COLUMNS, REPORT_COLUMNS, stored_observation, stored_report};
 use crate::error::ArchiveError;
-use crate::results::{Coding, ResultObservation, ResultReport, StoredObservation, StoredReport};
+use crate::results::{StoredObservation, StoredReport};
 
 /// A patient row as results are filed under it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -269,77 +270,40 @@ macro_rules! bound {
     }};
 }
 
-const REPORT_SELECT: &str = "SELECT r.id, p.patient_id, r.placer_number, r.filler_number, \
-     r.accession_number, r.service_code, r.service_display, r.service_system, r.observed_at, \
-     r.status, r.report_text, r.study_instance_uid, r.patient_pk, p.issuer_of_patient_id, \
-     r.message_id, r.sop_instance_uid FROM reports r JOIN patients p ON p.id = r.patient_pk";
+/// Reports with their patient row, issuer and message: [`REPORT_COLUMNS`]
+/// then those three.
+fn report_select() -> String {
+    format!(
+        "SELECT {REPORT_COLUMNS}, r.patient_pk, p.issuer_of_patient_id, r.message_id \
+         FROM reports r JOIN patients p ON p.id = r.patient_pk"
+    )
+}
 
-const OBSERVATION_SELECT: &str = "SELECT o.id, o.report_id, o.code, o.code_display, \
-     o.code_system, o.value_type, o.value, o.numeric_value, o.units, o.reference_range, \
-     o.abnormal_flags, o.status, o.observed_at, o.notes, o.superseded_by, o.patient_pk, \
-     p.patient_id, p.issuer_of_patient_id \
-     FROM observations o JOIN patients p ON p.id = o.patient_pk";
+/// Results with their patient: [`OBSERVATION_COLUMNS`] then the patient
+/// row, Patient ID and issuer.
+fn observation_select() -> String {
+    format!(
+        "SELECT {OBSERVATION_COLUMNS}, o.patient_pk, p.patient_id, p.issuer_of_patient_id \
+         FROM observations o JOIN patients p ON p.id = o.patient_pk"
+    )
+}
 
 const PATIENT_SELECT: &str = "SELECT p.id, p.patient_id, p.issuer_of_patient_id, \
      p.patient_name, p.birth_date, p.sex FROM patients p";
 
 fn report_of(r: &SqliteRow) -> Result<ReportRecord, ArchiveError> {
     Ok(ReportRecord {
-        report: StoredReport {
-            id: r.try_get(0)?,
-            patient_id: r.try_get(1)?,
-            sop_instance_uid: r.try_get(15)?,
-            report: ResultReport {
-                placer_number: r.try_get(2)?,
-                filler_number: r.try_get(3)?,
-                accession_number: r.try_get(4)?,
-                service: Coding {
-                    code: r.try_get(5)?,
-                    display: r.try_get(6)?,
-                    system: r.try_get(7)?,
-                },
-                observed_at: r.try_get(8)?,
-                status: r.try_get(9)?,
-                report_text: r.try_get(10)?,
-                study_instance_uid: r.try_get(11)?,
-                observations: Vec::new(),
-            },
-        },
-        patient_pk: r.try_get(12)?,
-        issuer: r.try_get(13)?,
-        message_id: r.try_get(14)?,
+        report: stored_report(r)?,
+        patient_pk: r.try_get(13)?,
+        issuer: r.try_get(14)?,
+        message_id: r.try_get(15)?,
         result_ids: Vec::new(),
     })
 }
 
-fn lines(v: Option<String>) -> Vec<String> {
-    v.map(|s| s.split('\n').map(str::to_owned).collect())
-        .unwrap_or_default()
-}
-
 fn observation_of(r: &SqliteRow) -> Result<ObservationRecord, ArchiveError> {
     Ok(ObservationRecord {
-        observation: StoredObservation {
-            id: r.try_get(0)?,
-            report_id: r.try_get(1)?,
-            observation: ResultObservation {
-                code: Coding {
-                    code: r.try_get(2)?,
-                    display: r.try_get(3)?,
-                    system: r.try_get(4)?,
-                },
-                value_type: r.try_get(5)?,
-                value: r.try_get(6)?,
-                numeric_value: r.try_get(7)?,
-                units: r.try_get(8)?,
-                reference_range: r.try_get(9)?,
-                abnormal_flags: lines(r.try_get(10)?),
-                status: r.try_get(11)?,
-                observed_at: r.try_get(12)?,
-                notes: lines(r.try_get(13)?),
-            },
-            superseded_by: r.try_get(14)?,
-        },
+        observation: stored_observation(r)?,
         patient_pk: r.try_get(15)?,
         patient_id: r.try_get(16)?,
         issuer: r.try_get(17)?,
@@ -375,7 +339,10 @@ impl Catalog {
             .await?;
         let limit = c.int(search.limit);
         let offset = c.int(search.offset);
-        let sql = format!("{REPORT_SELECT}{filter} ORDER BY r.id LIMIT {limit} OFFSET {offset}");
+        let sql = format!(
+            "{}{filter} ORDER BY r.id LIMIT {limit} OFFSET {offset}",
+            report_select()
+        );
         let rows = bound!(sqlx::query(&sql), &c.binds)
             .fetch_all(&self.reader)
             .await?;
@@ -401,7 +368,7 @@ impl Catalog {
         &self,
         message_id: i64,
     ) -> Result<Vec<ReportRecord>, ArchiveError> {
-        let sql = format!("{REPORT_SELECT} WHERE r.message_id = $1 ORDER BY r.id");
+        let sql = format!("{} WHERE r.message_id = $1 ORDER BY r.id", report_select());
         let rows = sqlx::query(&sql)
             .bind(message_id)
             .fetch_all(&self.reader)
@@ -453,8 +420,10 @@ impl Catalog {
             .await?;
         let limit = c.int(search.limit);
         let offset = c.int(search.offset);
-        let sql =
-            format!("{OBSERVATION_SELECT}{filter} ORDER BY o.id LIMIT {limit} OFFSET {offset}");
+        let sql = format!(
+            "{}{filter} ORDER BY o.id LIMIT {limit} OFFSET {offset}",
+            observation_select()
+        );
         let rows = bound!(sqlx::query(&sql), &c.binds)
             .fetch_all(&self.reader)
             .await?;

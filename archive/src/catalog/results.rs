@@ -3,6 +3,7 @@
 
 use sqlx::Row;
 
+use sqlx::sqlite::SqliteRow;
 use sqlx::{Sqlite, Transaction};
 
 use super::{Catalog, PatientRow, append_report_change, now_rfc3339, upsert_patient};
@@ -168,40 +169,15 @@ impl Catalog {
         &self,
         study_instance_uid: &str,
     ) -> Result<Vec<StoredReport>, ArchiveError> {
-        let rows = sqlx::query(
-            "SELECT r.id, p.patient_id, r.placer_number, r.filler_number, r.accession_number, \
-             r.service_code, r.service_display, r.service_system, r.observed_at, r.status, \
-             r.report_text, r.study_instance_uid, r.sop_instance_uid \
-             FROM reports r JOIN patients p ON p.id = r.patient_pk \
-             WHERE r.study_instance_uid = $1 ORDER BY r.id",
-        )
-        .bind(study_instance_uid)
-        .fetch_all(&self.reader)
-        .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(StoredReport {
-                    id: r.try_get(0)?,
-                    patient_id: r.try_get(1)?,
-                    sop_instance_uid: r.try_get(12)?,
-                    report: ResultReport {
-                        placer_number: r.try_get(2)?,
-                        filler_number: r.try_get(3)?,
-                        accession_number: r.try_get(4)?,
-                        service: Coding {
-                            code: r.try_get(5)?,
-                            display: r.try_get(6)?,
-                            system: r.try_get(7)?,
-                        },
-                        observed_at: r.try_get(8)?,
-                        status: r.try_get(9)?,
-                        report_text: r.try_get(10)?,
-                        study_instance_uid: r.try_get(11)?,
-                        observations: Vec::new(),
-                    },
-                })
-            })
-            .collect()
+        let sql = format!(
+            "SELECT {REPORT_COLUMNS} FROM reports r JOIN patients p ON p.id = r.patient_pk \
+             WHERE r.study_instance_uid = $1 ORDER BY r.id"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(study_instance_uid)
+            .fetch_all(&self.reader)
+            .await?;
+        rows.iter().map(stored_report).collect()
     }
 
     /// A patient's results (by Patient ID, within `issuer` when given),
@@ -213,50 +189,89 @@ impl Catalog {
         issuer: Option<&str>,
         code: Option<&str>,
     ) -> Result<Vec<StoredObservation>, ArchiveError> {
-        let rows = sqlx::query(
-            "SELECT o.id, o.report_id, o.code, o.code_display, o.code_system, o.value_type, o.value, \
-             o.numeric_value, o.units, o.reference_range, o.abnormal_flags, o.status, o.observed_at, \
-             o.notes, o.superseded_by \
-             FROM observations o JOIN patients p ON p.id = o.patient_pk \
+        let sql = format!(
+            "SELECT {OBSERVATION_COLUMNS} FROM observations o \
+             JOIN patients p ON p.id = o.patient_pk \
              WHERE p.patient_id = $1 AND ($2 IS NULL OR p.issuer_of_patient_id = $2) \
              AND ($3 IS NULL OR o.code = $3) \
-             ORDER BY o.observed_at, o.id",
-        )
-        .bind(patient_id)
-        .bind(issuer)
-        .bind(code)
-        .fetch_all(&self.reader)
-        .await?;
-        let split = |v: Option<String>| -> Vec<String> {
-            v.map(|s| s.split('\n').map(str::to_owned).collect())
-                .unwrap_or_default()
-        };
-        rows.into_iter()
-            .map(|r| {
-                Ok(StoredObservation {
-                    id: r.try_get(0)?,
-                    report_id: r.try_get(1)?,
-                    observation: ResultObservation {
-                        code: Coding {
-                            code: r.try_get(2)?,
-                            display: r.try_get(3)?,
-                            system: r.try_get(4)?,
-                        },
-                        value_type: r.try_get(5)?,
-                        value: r.try_get(6)?,
-                        numeric_value: r.try_get(7)?,
-                        units: r.try_get(8)?,
-                        reference_range: r.try_get(9)?,
-                        abnormal_flags: split(r.try_get(10)?),
-                        status: r.try_get(11)?,
-                        observed_at: r.try_get(12)?,
-                        notes: split(r.try_get(13)?),
-                    },
-                    superseded_by: r.try_get(14)?,
-                })
-            })
-            .collect()
+             ORDER BY o.observed_at, o.id"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(patient_id)
+            .bind(issuer)
+            .bind(code)
+            .fetch_all(&self.reader)
+            .await?;
+        rows.iter().map(stored_observation).collect()
     }
+}
+
+/// The columns [`stored_report`] reads, in its order (reports `r`,
+/// patients `p`).
+pub(super) const REPORT_COLUMNS: &str = "r.id, p.patient_id, r.placer_number, r.filler_number, \
+     r.accession_number, r.service_code, r.service_display, r.service_system, r.observed_at, \
+     r.status, r.report_text, r.study_instance_uid, r.sop_instance_uid";
+
+/// A report (without its results) from a row that starts with
+/// [`REPORT_COLUMNS`].
+pub(super) fn stored_report(r: &SqliteRow) -> Result<StoredReport, ArchiveError> {
+    Ok(StoredReport {
+        id: r.try_get(0)?,
+        patient_id: r.try_get(1)?,
+        sop_instance_uid: r.try_get(12)?,
+        report: ResultReport {
+            placer_number: r.try_get(2)?,
+            filler_number: r.try_get(3)?,
+            accession_number: r.try_get(4)?,
+            service: Coding {
+                code: r.try_get(5)?,
+                display: r.try_get(6)?,
+                system: r.try_get(7)?,
+            },
+            observed_at: r.try_get(8)?,
+            status: r.try_get(9)?,
+            report_text: r.try_get(10)?,
+            study_instance_uid: r.try_get(11)?,
+            observations: Vec::new(),
+        },
+    })
+}
+
+/// The columns [`stored_observation`] reads, in its order (observations
+/// `o`).
+pub(super) const OBSERVATION_COLUMNS: &str = "o.id, o.report_id, o.code, o.code_display, \
+     o.code_system, o.value_type, o.value, o.numeric_value, o.units, o.reference_range, \
+     o.abnormal_flags, o.status, o.observed_at, o.notes, o.superseded_by";
+
+/// Lines of a column that joins several values with `\n`.
+fn lines(v: Option<String>) -> Vec<String> {
+    v.map(|s| s.split('\n').map(str::to_owned).collect())
+        .unwrap_or_default()
+}
+
+/// A result from a row that starts with [`OBSERVATION_COLUMNS`].
+pub(super) fn stored_observation(r: &SqliteRow) -> Result<StoredObservation, ArchiveError> {
+    Ok(StoredObservation {
+        id: r.try_get(0)?,
+        report_id: r.try_get(1)?,
+        observation: ResultObservation {
+            code: Coding {
+                code: r.try_get(2)?,
+                display: r.try_get(3)?,
+                system: r.try_get(4)?,
+            },
+            value_type: r.try_get(5)?,
+            value: r.try_get(6)?,
+            numeric_value: r.try_get(7)?,
+            units: r.try_get(8)?,
+            reference_range: r.try_get(9)?,
+            abnormal_flags: lines(r.try_get(10)?),
+            status: r.try_get(11)?,
+            observed_at: r.try_get(12)?,
+            notes: lines(r.try_get(13)?),
+        },
+        superseded_by: r.try_get(14)?,
+    })
 }
 
 /// Insert one report of a message and its results (a correction marks the
