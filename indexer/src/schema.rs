@@ -9,7 +9,8 @@ use tantivy::schema::{
     FAST, Field, INDEXED, IndexRecordOption, STORED, STRING, Schema, TextFieldIndexing, TextOptions,
 };
 use tantivy::tokenizer::{
-    AsciiFoldingFilter, LowerCaser, RemoveLongFilter, SimpleTokenizer, TextAnalyzer,
+    AsciiFoldingFilter, Language, LowerCaser, RemoveLongFilter, SimpleTokenizer, Stemmer,
+    TextAnalyzer,
 };
 
 use crate::StudyDoc;
@@ -20,7 +21,9 @@ use crate::fold::{fold, name_tokens, name_values, normalize_date, normalize_time
 pub const SCHEMA_VERSION: u32 = 3;
 
 /// The tokenizer of free text (report text, test names): words split at
-/// anything not alphanumeric, lowercased, accents folded to ASCII.
+/// anything not alphanumeric, lowercased, accents folded to ASCII, and
+/// reduced to their English stem (`nodules` and `nodule`, `impressions`
+/// and `impression` are one word).
 pub const WORDS: &str = "words";
 
 pub fn words_analyzer() -> TextAnalyzer {
@@ -28,6 +31,7 @@ pub fn words_analyzer() -> TextAnalyzer {
         .filter(RemoveLongFilter::limit(60))
         .filter(LowerCaser)
         .filter(AsciiFoldingFilter)
+        .filter(Stemmer::new(Language::English))
         .build()
 }
 

@@ -219,6 +219,11 @@ async fn reports_and_lab_panels_are_found_and_linked_to_their_studies() {
         ),
         [report.report_id]
     );
+    // Words match by their stem.
+    assert_eq!(
+        report_ids(&index, &search(&index, "impressions", &[])),
+        [report.report_id]
+    );
     // Every word must match; a word nowhere matches nothing.
     assert!(report_ids(&index, &search(&index, "pneumothorax fracture", &[])).is_empty());
 
