@@ -27,9 +27,9 @@ pub struct FsStore {
 struct Inner {
     root: PathBuf,
     tmp_counter: AtomicU64,
-    /// Folders (relative to the root) whose own entry, and their parents',
-    /// this process has fsynced: a put into one of them needs no fsync of
-    /// the folders above. Bounded by [`MAX_DURABLE_DIRS`].
+    /// Folders (relative to the root) whose entry, and the entries of the
+    /// folders above them, this process has made durable: a put into one
+    /// of them fsyncs that folder only. Bounded by [`MAX_DURABLE_DIRS`].
     durable_dirs: Mutex<HashSet<PathBuf>>,
 }
 
@@ -101,18 +101,7 @@ impl Inner {
             std::fs::rename(&tmp_path, &final_path).map_err(|e| io_err(&final_path, e))?;
             sync_dir(parent)?;
             if !parent_durable {
-                // The folder may be new, or made by a concurrent put that
-                // has not synced its parents yet: sync every folder up to
-                // the root, after the file rather than right after the
-                // mkdir, so the fsyncs above have usually committed these
-                // entries already (a journalling file system commits every
-                // pending metadata change at once) and these cost little.
-                let mut dir = parent;
-                while let Some(up) = dir.parent().filter(|_| dir != self.root) {
-                    sync_dir(up)?;
-                    dir = up;
-                }
-                self.remember_durable_dir(relative_parent);
+                self.sync_parents(parent)?;
             }
             Ok(())
         })();
@@ -120,6 +109,31 @@ impl Inner {
             let _ = std::fs::remove_file(&tmp_path);
         }
         result
+    }
+
+    /// Make the entry of `dir` durable, and those of the folders above it
+    /// up to the first one this process already made durable: `dir` may be
+    /// new, or made by a concurrent put that has not synced its parent yet.
+    /// Done after the object's own fsyncs, not right after the mkdir: the
+    /// count is the same, and on a journalling file system the earlier
+    /// fsyncs have usually committed these entries already.
+    fn sync_parents(&self, dir: &Path) -> Result<(), StoreError> {
+        let relative = |d: &Path| d.strip_prefix(&self.root).unwrap_or(d).to_path_buf();
+        let mut synced = Vec::new();
+        let mut dir = dir;
+        while dir != self.root {
+            let Some(up) = dir.parent() else { break };
+            sync_dir(up)?;
+            synced.push(relative(dir));
+            if self.is_durable_dir(&relative(up)) {
+                break;
+            }
+            dir = up;
+        }
+        for d in &synced {
+            self.remember_durable_dir(d);
+        }
+        Ok(())
     }
 
     fn is_durable_dir(&self, relative: &Path) -> bool {
