@@ -41,7 +41,7 @@ const TARGET_MSG_PER_S: f64 = 2_000.0;
 #[command(about = "Results benchmark: HL7 v2 ORU^R01 over MLLP, ACK awaited per message")]
 struct Args {
     /// Timed messages per run (each run has its own fresh server).
-    #[arg(long, default_value_t = 10_000)]
+    #[arg(long, default_value_t = 5_000)]
     messages: usize,
     /// Messages sent before the clock starts (stored and checked too).
     #[arg(long, default_value_t = 200)]
