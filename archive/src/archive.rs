@@ -387,14 +387,10 @@ impl Archive {
             return invalid("the message holds no report or result");
         }
         let unavailable = |e: String| MessageReceipt::Refused(MessageRefusal::Unavailable(e));
-        let level = self.inner.config.ingest.zstd_level;
-        let input = raw.clone();
-        let (sha256, compressed) =
-            on_rayon(move || rayon::join(|| sha256_hex(&input), || compress_frames(&input, level)))
-                .await;
         // The same key again: the same message re-sent (its ACK was lost),
-        // or another message under a reused control id.
-        let already = |message_id: i64, stored: &str| {
+        // or another message under a reused control id. Looked up first, so
+        // a re-sent message is hashed but never compressed or written.
+        let already = |message_id: i64, stored: &str, sha256: &str| {
             if stored == sha256 {
                 MessageReceipt::Duplicate { message_id }
             } else {
@@ -405,14 +401,33 @@ impl Archive {
             }
         };
         let catalog = &self.inner.catalog;
-        match catalog
+        let recorded = match catalog
             .message_by_key(&message.sender, &message.control_id)
             .await
         {
-            Ok(Some((message_id, stored))) => return already(message_id, &stored),
-            Ok(None) => {}
+            Ok(recorded) => recorded,
             Err(e) => return unavailable(e.to_string()),
+        };
+        // A lab message is a few kilobytes: hashing and compressing it
+        // takes microseconds, less than the hop to another thread and back.
+        let small = raw.len() <= INLINE_MESSAGE_LIMIT;
+        if let Some((message_id, stored)) = recorded {
+            let sha256 = if small {
+                sha256_hex(&raw)
+            } else {
+                let input = raw.clone();
+                on_rayon(move || sha256_hex(&input)).await
+            };
+            return already(message_id, &stored, &sha256);
         }
+        let level = self.inner.config.ingest.zstd_level;
+        let (sha256, compressed) = if small {
+            (sha256_hex(&raw), compress_blob(&raw, level))
+        } else {
+            let input = raw.clone();
+            on_rayon(move || rayon::join(|| sha256_hex(&input), || compress_frames(&input, level)))
+                .await
+        };
         let compressed = match compressed {
             Ok(c) => Bytes::from(c),
             Err(e) => return unavailable(format!("zstd: {e}")),
@@ -443,7 +458,7 @@ impl Archive {
             Ok(MessageOutcome::AlreadyPresent {
                 message_id,
                 sha256: stored,
-            }) => already(message_id, &stored),
+            }) => already(message_id, &stored, &sha256),
             Err(e) => unavailable(e.to_string()),
         }
     }
@@ -544,6 +559,10 @@ impl Archive {
         self.inner.catalog.stats().await
     }
 }
+
+/// Messages up to this size are hashed and compressed on the calling task
+/// (the HL7 listener parses messages under 64 KB inline for the same reason).
+const INLINE_MESSAGE_LIMIT: usize = 64 * 1024;
 
 /// Objects are compressed in independent zstd frames of at least this many
 /// bytes, so one large object (a 10 MB radiograph, a cine loop) uses every

@@ -163,14 +163,15 @@ impl fmt::Display for MessageReceipt {
     }
 }
 
-/// Object key of a raw message whose SHA-256 is `sha256_hex`.
+/// Object key of a raw message whose SHA-256 is `sha256_hex`:
+/// `messages/sha256/ab/<sha256>`, one level of 256 folders where image
+/// blobs have two. A message is a few kilobytes and its sender waits for
+/// the ACK, so the fsyncs before it are the message's latency: under two
+/// levels nearly each of the first 65 536 messages made a new folder, whose
+/// entry in its parent had to be fsynced too. Keys are recorded with each
+/// message, so messages stored under the earlier two-level keys still read.
 pub fn message_key(sha256_hex: &str) -> String {
-    format!(
-        "messages/sha256/{}/{}/{}",
-        &sha256_hex[0..2],
-        &sha256_hex[2..4],
-        sha256_hex
-    )
+    format!("messages/sha256/{}/{}", &sha256_hex[0..2], sha256_hex)
 }
 
 /// One stored result as the catalog gives it back.

@@ -2,13 +2,15 @@
 //!
 //! A put writes a temporary file in `<root>/.tmp`, fsyncs it, renames it to
 //! its final name and fsyncs the directory, so a crash leaves either the
-//! whole object or nothing under the final name. All file I/O runs on the
+//! whole object or nothing under the final name. The folders above it are
+//! fsynced too until this process knows their entries are durable. All file I/O runs on the
 //! blocking pool, never inside an async task.
 
+use std::collections::HashSet;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use futures::FutureExt;
@@ -25,7 +27,15 @@ pub struct FsStore {
 struct Inner {
     root: PathBuf,
     tmp_counter: AtomicU64,
+    /// Folders (relative to the root) whose entry, and the entries of the
+    /// folders above them, this process has made durable: a put into one
+    /// of them fsyncs that folder only. Bounded by [`MAX_DURABLE_DIRS`].
+    durable_dirs: Mutex<HashSet<PathBuf>>,
 }
+
+/// Most folders remembered as durable (a `blobs/sha256/ab/cd` layout has
+/// 65 536 leaves); past this the set starts over, which only costs fsyncs.
+const MAX_DURABLE_DIRS: usize = 100_000;
 
 fn io_err(path: &Path, source: std::io::Error) -> StoreError {
     StoreError::Io {
@@ -49,6 +59,7 @@ impl FsStore {
             inner: Arc::new(Inner {
                 root: root.to_path_buf(),
                 tmp_counter: AtomicU64::new(0),
+                durable_dirs: Mutex::new(HashSet::new()),
             }),
         })
     }
@@ -71,21 +82,10 @@ impl Inner {
             return Ok(());
         }
         let parent = final_path.parent().expect("object keys have a folder");
-        if !parent.exists() {
-            // Make the new folders durable: fsync the deepest existing
-            // ancestor (it gained an entry) and every new folder but the last,
-            // which is synced after the rename below.
-            let mut existing = parent;
-            let mut created = Vec::new();
-            while !existing.exists() {
-                created.push(existing);
-                existing = existing.parent().unwrap_or(&self.root);
-            }
+        let relative_parent = parent.strip_prefix(&self.root).unwrap_or(parent);
+        let parent_durable = self.is_durable_dir(relative_parent);
+        if !parent_durable {
             std::fs::create_dir_all(parent).map_err(|e| io_err(parent, e))?;
-            sync_dir(existing)?;
-            for dir in created.iter().skip(1) {
-                sync_dir(dir)?;
-            }
         }
         let n = self.tmp_counter.fetch_add(1, Ordering::Relaxed);
         let tmp_path = self.root.join(".tmp").join(format!(
@@ -99,12 +99,56 @@ impl Inner {
             file.sync_all().map_err(|e| io_err(&tmp_path, e))?;
             drop(file);
             std::fs::rename(&tmp_path, &final_path).map_err(|e| io_err(&final_path, e))?;
-            sync_dir(parent)
+            sync_dir(parent)?;
+            if !parent_durable {
+                self.sync_parents(parent)?;
+            }
+            Ok(())
         })();
         if result.is_err() {
             let _ = std::fs::remove_file(&tmp_path);
         }
         result
+    }
+
+    /// Make the entry of `dir` durable, and those of the folders above it
+    /// up to the first one this process already made durable: `dir` may be
+    /// new, or made by a concurrent put that has not synced its parent yet.
+    /// Done after the object's own fsyncs, not right after the mkdir: the
+    /// count is the same, and on a journalling file system the earlier
+    /// fsyncs have usually committed these entries already.
+    fn sync_parents(&self, dir: &Path) -> Result<(), StoreError> {
+        let relative = |d: &Path| d.strip_prefix(&self.root).unwrap_or(d).to_path_buf();
+        let mut synced = Vec::new();
+        let mut dir = dir;
+        while dir != self.root {
+            let Some(up) = dir.parent() else { break };
+            sync_dir(up)?;
+            synced.push(relative(dir));
+            if self.is_durable_dir(&relative(up)) {
+                break;
+            }
+            dir = up;
+        }
+        for d in &synced {
+            self.remember_durable_dir(d);
+        }
+        Ok(())
+    }
+
+    fn is_durable_dir(&self, relative: &Path) -> bool {
+        self.durable_dirs
+            .lock()
+            .is_ok_and(|dirs| dirs.contains(relative))
+    }
+
+    fn remember_durable_dir(&self, relative: &Path) {
+        if let Ok(mut dirs) = self.durable_dirs.lock() {
+            if dirs.len() >= MAX_DURABLE_DIRS {
+                dirs.clear();
+            }
+            dirs.insert(relative.to_path_buf());
+        }
     }
 }
 
@@ -185,5 +229,36 @@ mod tests {
             store.get("blobs/sha256/00/00/0000").await,
             Err(StoreError::NotFound(_))
         ));
+    }
+
+    #[tokio::test]
+    async fn puts_into_new_and_known_folders() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FsStore::open(dir.path()).unwrap();
+        let keys = [
+            "messages/sha256/ab/cd/abcd01",
+            "messages/sha256/ab/cd/abcd02",
+            "messages/sha256/ab/ef/abef01",
+            "blobs/sha256/ab/cd/abcd01",
+        ];
+        for key in keys {
+            store.put(key, Bytes::from(key.as_bytes())).await.unwrap();
+        }
+        for key in keys {
+            assert_eq!(&store.get(key).await.unwrap()[..], key.as_bytes());
+        }
+        assert!(
+            store
+                .inner
+                .is_durable_dir(Path::new("messages/sha256/ab/cd"))
+        );
+        // A folder removed behind the store's back is made again.
+        std::fs::remove_dir_all(dir.path().join("messages")).unwrap();
+        let reopened = FsStore::open(dir.path()).unwrap();
+        reopened
+            .put(keys[0], Bytes::from_static(b"again"))
+            .await
+            .unwrap();
+        assert_eq!(&reopened.get(keys[0]).await.unwrap()[..], b"again");
     }
 }
