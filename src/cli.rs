@@ -284,7 +284,7 @@ async fn serve(
         MllpServer::new(ArchiveSink::new(archive.clone()), mllp)
             .serve(mllp_listener, stopped(stop_rx.clone())),
     );
-    let gateway = Gateway::new(archive, dicom).with_index(index.clone());
+    let gateway = Gateway::new(archive.clone(), dicom).with_index(index.clone());
     let counters = gateway.counters();
     let reported = counters.clone();
     state.metrics().register_source(move || {
@@ -358,6 +358,11 @@ async fn serve(
     }
     follower.abort();
     thumbnails.abort();
+    // Raw messages acknowledged from the outbox go to the object store now
+    // rather than at the next start (they are durable either way).
+    if let Err(e) = archive.flush_outbox().await {
+        tracing::warn!(error = %e, "raw messages stay in the catalog's outbox until the next start");
+    }
     let c = counters.snapshot();
     eprintln!(
         "pacs serve: stopped after {} associations, {} instances stored, {} failures",

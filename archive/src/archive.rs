@@ -9,12 +9,13 @@ use futures::StreamExt;
 use tokio::sync::Semaphore;
 
 use crate::catalog::{BlobRecord, Catalog, CatalogStats, RecordOutcome};
-use crate::catalog::{MessageBlob, MessageOutcome};
+use crate::catalog::{MessageBlob, MessageLocation, MessageOutcome};
 use crate::config::{ArchiveConfig, StorageBackend};
 use crate::error::ArchiveError;
 use crate::ingest::{parse_part10, part10_from_dataset};
 use crate::model::{IngestReceipt, IngestSource, Refusal, RefusalReason, StoredInstance};
 use crate::on_rayon;
+use crate::outbox;
 use crate::results::{MessageReceipt, MessageRefusal, ResultMessage, message_key};
 use crate::retrieve::{decode_blob, decode_verified, sha256_hex};
 use crate::store::{FsStore, ObjectStore, S3Store, StoreError, blob_key};
@@ -32,6 +33,14 @@ struct Inner {
     catalog: Catalog,
     in_flight: Semaphore,
     counters: IngestCounters,
+    /// Writes raw messages from the catalog's outbox to the object store.
+    mover: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.mover.abort();
+    }
 }
 
 /// Counts of ingest outcomes since the archive was opened, whatever the
@@ -126,6 +135,7 @@ impl Archive {
             max_in_flight = permits,
             "archive open"
         );
+        let mover = tokio::spawn(outbox::run(Arc::clone(&store), catalog.clone()));
         Ok(Archive {
             inner: Arc::new(Inner {
                 config,
@@ -133,6 +143,7 @@ impl Archive {
                 catalog,
                 in_flight: Semaphore::new(permits),
                 counters: IngestCounters::default(),
+                mover,
             }),
         })
     }
@@ -438,16 +449,16 @@ impl Archive {
             original_size: raw.len() as u64,
             stored_size: compressed.len() as u64,
         };
-        if let Err(e) = self.inner.store.put(&blob.blob_key, compressed).await {
-            return unavailable(e.to_string());
-        }
+        // Durable with its catalog rows in one commit (the outbox); the
+        // mover writes it to the object store afterwards.
         match catalog
-            .record_message(&message, &blob, &source.to_string())
+            .record_message(&message, &blob, Some(compressed), &source.to_string())
             .await
         {
             Ok(MessageOutcome::Recorded {
                 message_id,
                 reports,
+                ..
             }) => {
                 tracing::info!(%source, message_id, reports = reports.len(), sender = %message.sender, control_id = %message.control_id, "message stored");
                 MessageReceipt::Stored {
@@ -512,23 +523,20 @@ impl Archive {
                 Err(e) => report.damaged.push((uid, e.to_string())),
             }
         }
-        for (id, sha256, blob_key, size) in self.inner.catalog.message_blobs().await? {
+        let mut last = None;
+        for at in self.inner.catalog.message_blobs().await? {
             report.messages_checked += 1;
-            let what = format!("message {id}");
-            let result = match self.inner.store.get(&blob_key).await {
-                Ok(blob) => {
-                    let what = what.clone();
-                    on_rayon(move || decode_verified(&what, &blob_key, &sha256, size, &blob))
-                        .await
-                        .map(|_| ())
-                }
-                Err(StoreError::NotFound(_)) => {
+            let what = format!("message {}", at.message_id);
+            let result = match self.message_bytes(&at, &mut last).await {
+                Ok(Some(blob)) => decode_message(at, blob).await.map(|_| ()),
+                Ok(None) => {
                     report
                         .damaged
                         .push((what, "blob is missing from the object store".into()));
                     continue;
                 }
-                Err(e) => return Err(ArchiveError::Store(e)),
+                Err(ArchiveError::Store(e)) => return Err(ArchiveError::Store(e)),
+                Err(e) => Err(e),
             };
             if let Err(e) = result {
                 let detail = match e {
@@ -544,15 +552,82 @@ impl Archive {
 
     /// The raw bytes of a recorded message, checked against its SHA-256.
     pub async fn retrieve_message(&self, message_id: i64) -> Result<Bytes, ArchiveError> {
-        let (sha256, blob_key, size) = self
+        let at = self
             .inner
             .catalog
             .message_blob(message_id)
             .await?
             .ok_or_else(|| ArchiveError::InstanceNotFound(format!("message {message_id}")))?;
-        let blob = self.inner.store.get(&blob_key).await?;
-        let what = format!("message {message_id}");
-        on_rayon(move || decode_verified(&what, &blob_key, &sha256, size, &blob)).await
+        let blob = self
+            .message_bytes(&at, &mut None)
+            .await?
+            .ok_or_else(|| ArchiveError::Store(StoreError::NotFound(at.blob_key.clone())))?;
+        decode_message(at, blob).await
+    }
+
+    /// Write every raw message still in the catalog's outbox to the object
+    /// store now (the background mover does it too); the number written.
+    /// `pacs serve` calls it on shutdown.
+    pub async fn flush_outbox(&self) -> Result<usize, ArchiveError> {
+        let mut moved = 0;
+        loop {
+            let n = outbox::move_batch(self.inner.store.as_ref(), &self.inner.catalog).await?;
+            if n == 0 {
+                return Ok(moved);
+            }
+            moved += n;
+        }
+    }
+
+    /// The compressed bytes of a raw message: its object, its range of a
+    /// pack (`last` keeps the last pack read, for reads in key order), or
+    /// its outbox row while the mover has not written it out yet.
+    async fn message_bytes(
+        &self,
+        at: &MessageLocation,
+        last: &mut Option<(String, Bytes)>,
+    ) -> Result<Option<Bytes>, ArchiveError> {
+        let object = match last {
+            Some((key, bytes)) if *key == at.blob_key => Ok(bytes.clone()),
+            _ => self.inner.store.get(&at.blob_key).await,
+        };
+        match object {
+            Ok(object) => {
+                let bytes = match at.offset {
+                    None => object.clone(),
+                    Some(offset) => {
+                        let start = offset as usize;
+                        let end = start.saturating_add(at.stored_size as usize);
+                        if end > object.len() {
+                            return Err(ArchiveError::Integrity {
+                                sop_instance_uid: format!("message {}", at.message_id),
+                                blob_key: at.blob_key.clone(),
+                                detail: format!(
+                                    "pack {} holds {} bytes, the message ends at {end}",
+                                    at.blob_key,
+                                    object.len()
+                                ),
+                            });
+                        }
+                        object.slice(start..end)
+                    }
+                };
+                *last = Some((at.blob_key.clone(), object));
+                Ok(Some(bytes))
+            }
+            Err(StoreError::NotFound(_)) => {
+                if let Some(bytes) = self.inner.catalog.outbox_blob(&at.sha256).await? {
+                    return Ok(Some(bytes));
+                }
+                // Packed by the mover between the two reads: read it where
+                // the catalog says it is now.
+                match self.inner.catalog.message_blob(at.message_id).await? {
+                    Some(now) if now != *at => Box::pin(self.message_bytes(&now, last)).await,
+                    _ => Ok(None),
+                }
+            }
+            Err(e) => Err(ArchiveError::Store(e)),
+        }
     }
 
     pub async fn stats(&self) -> Result<ArchiveStats, ArchiveError> {
@@ -625,4 +700,18 @@ mod tests {
             small
         );
     }
+}
+
+/// Decompress a raw message's bytes and check them against its SHA-256.
+async fn decode_message(at: MessageLocation, blob: Bytes) -> Result<Bytes, ArchiveError> {
+    on_rayon(move || {
+        decode_verified(
+            &format!("message {}", at.message_id),
+            &at.blob_key,
+            &at.sha256,
+            at.original_size as i64,
+            &blob,
+        )
+    })
+    .await
 }

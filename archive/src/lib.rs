@@ -11,6 +11,7 @@ pub mod retrieve;
 pub mod store;
 
 mod archive;
+mod outbox;
 
 pub use archive::{Archive, ArchiveStats, IngestCounts, VerifyReport};
 pub use config::{

@@ -73,7 +73,10 @@ async fn open() -> (tempfile::TempDir, Archive) {
     (dir, archive)
 }
 
-fn objects(dir: &std::path::Path) -> usize {
+/// Objects (packs) of raw messages in the object store, once the outbox
+/// is written out.
+async fn objects(archive: &Archive, dir: &std::path::Path) -> usize {
+    archive.flush_outbox().await.unwrap();
     walkdir(dir.join("objects/messages"))
 }
 
@@ -116,14 +119,14 @@ async fn a_message_is_stored_once_and_corrections_keep_history() {
         panic!("{first}");
     };
     assert_eq!(reports.len(), 1);
-    assert_eq!(objects(dir.path()), 1);
+    assert_eq!(objects(&archive, dir.path()).await, 1);
 
     // Re-sent: acknowledged, nothing new.
     let again = archive
         .ingest_message(raw, message("MSG1", "P100", vec![hgb(12.9, "F")]), src())
         .await;
     assert_eq!(again, MessageReceipt::Duplicate { message_id });
-    assert_eq!(objects(dir.path()), 1);
+    assert_eq!(objects(&archive, dir.path()).await, 1);
     // The same control id with other content is a conflict, not a copy.
     let reused = archive
         .ingest_message(
@@ -136,7 +139,7 @@ async fn a_message_is_stored_once_and_corrections_keep_history() {
         matches!(reused, MessageReceipt::Refused(MessageRefusal::Conflict(_))),
         "{reused}"
     );
-    assert_eq!(objects(dir.path()), 1);
+    assert_eq!(objects(&archive, dir.path()).await, 1);
 
     // A correction of the same test in the same order.
     let corrected = archive
@@ -192,7 +195,7 @@ async fn a_message_without_patient_or_results_stores_nothing() {
         nothing,
         MessageReceipt::Refused(MessageRefusal::Invalid(_))
     ));
-    assert_eq!(objects(dir.path()), 0);
+    assert_eq!(objects(&archive, dir.path()).await, 0);
     assert_eq!(
         archive
             .catalog()
@@ -309,6 +312,10 @@ async fn verify_rehashes_message_blobs_and_names_a_damaged_one() {
     let report = archive.verify(|_| {}).await.unwrap();
     assert_eq!(report.messages_checked, 1);
     assert!(report.damaged.is_empty());
+    // Once in the object store (out of the outbox), the same.
+    assert_eq!(objects(&archive, dir.path()).await, 1);
+    assert!(archive.catalog().outbox_batch(10).await.unwrap().is_empty());
+    assert_eq!(archive.retrieve_message(message_id).await.unwrap(), raw);
     // Damage the stored blob: verify and retrieval both say so.
     let path = first_file(dir.path().join("objects/messages"));
     let mut bytes = std::fs::read(&path).unwrap();
@@ -332,4 +339,55 @@ fn first_file(p: std::path::PathBuf) -> std::path::PathBuf {
     } else {
         entry.path()
     }
+}
+
+#[tokio::test]
+async fn an_acknowledged_message_is_readable_before_and_after_the_move() {
+    let (dir, archive) = open().await;
+    let raws: Vec<Bytes> = (0..40)
+        .map(|i| {
+            Bytes::from(format!(
+                "MSH|^~\\&|LAB|GENERAL|||20261101||ORU^R01|OUT{i}|P|2.5.1"
+            ))
+        })
+        .collect();
+    let mut ids = Vec::new();
+    for (i, raw) in raws.iter().enumerate() {
+        let receipt = archive
+            .ingest_message(
+                raw.clone(),
+                message(&format!("OUT{i}"), &format!("P{i}"), vec![hgb(14.0, "F")]),
+                src(),
+            )
+            .await;
+        let MessageReceipt::Stored { message_id, .. } = receipt else {
+            panic!("{receipt}");
+        };
+        // Readable as soon as acknowledged, wherever its bytes are.
+        assert_eq!(&archive.retrieve_message(message_id).await.unwrap(), raw);
+        ids.push(message_id);
+    }
+    // The mover empties the outbox by itself.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !archive.catalog().outbox_batch(1).await.unwrap().is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the outbox was not emptied"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    // In packs: fewer objects than messages once several waited together.
+    let packs = walkdir(dir.path().join("objects/messages"));
+    assert!((1..=raws.len()).contains(&packs), "{packs} packs");
+    for (id, raw) in ids.iter().zip(&raws) {
+        assert_eq!(&archive.retrieve_message(*id).await.unwrap(), raw);
+    }
+    // Reopened: nothing waits, everything verifies.
+    drop(archive);
+    let archive = Archive::open(ArchiveConfig::embedded(dir.path()))
+        .await
+        .unwrap();
+    let report = archive.verify(|_| {}).await.unwrap();
+    assert_eq!(report.messages_checked, raws.len() as u64);
+    assert!(report.damaged.is_empty(), "{:?}", report.damaged);
 }

@@ -11,6 +11,10 @@ use crate::StudyIndex;
 const POLL: Duration = Duration::from_millis(200);
 /// Longest wait after repeated failures.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// Shortest time between two commits under a steady stream of changes: the
+/// first change after a quiet spell is committed at once, later ones are
+/// gathered (each tantivy commit writes and syncs a segment).
+const MIN_COMMIT_INTERVAL: Duration = Duration::from_millis(250);
 
 pub(crate) async fn follow(index: Arc<StudyIndex>, catalog: Catalog) {
     let mut commits = catalog.watch_changes();
@@ -26,6 +30,9 @@ pub(crate) async fn follow(index: Arc<StudyIndex>, catalog: Catalog) {
                 }
                 failing = false;
                 backoff = POLL;
+                if applied > 0 {
+                    tokio::time::sleep(MIN_COMMIT_INTERVAL).await;
+                }
             }
             Err(e) => {
                 tracing::warn!(error = %e, retry_in = ?backoff, "study index catch-up failed");

@@ -31,7 +31,7 @@ mod reports;
 mod results;
 mod studies;
 pub use reports::ReportRecord;
-pub use results::{MessageBlob, MessageOutcome};
+pub use results::{MessageBlob, MessageLocation, MessageOutcome};
 pub use studies::StudyRecord;
 
 /// Most ids or UIDs bound in one `IN (...)` list.
@@ -113,7 +113,7 @@ pub struct CatalogStats {
 
 #[derive(Debug, Clone)]
 pub struct Catalog {
-    writes: mpsc::Sender<PendingRecord>,
+    writes: mpsc::Sender<PendingWrite>,
     /// The one writing connection, shared with the writer task (small
     /// administrative writes such as API tokens queue on it).
     writer: SqlitePool,
@@ -142,6 +142,74 @@ struct PendingRecord {
     document: Option<ReportDocument>,
     replace: bool,
     reply: oneshot::Sender<Result<RecordOutcome, ArchiveError>>,
+}
+
+/// A write waiting for the writer task's next group commit.
+enum PendingWrite {
+    Instance(PendingRecord),
+    Message(results::PendingMessage),
+}
+
+impl PendingWrite {
+    /// Write it inside the group's transaction.
+    async fn write(&self, tx: &mut Transaction<'_, Sqlite>) -> Result<Written, ArchiveError> {
+        Ok(match self {
+            PendingWrite::Instance(rec) => Written::Instance(record_in_tx(tx, rec).await?),
+            PendingWrite::Message(m) => {
+                Written::Message(results::record_message_in_tx(tx, m).await?)
+            }
+        })
+    }
+
+    /// What it is, for the log.
+    fn describe(&self) -> String {
+        match self {
+            PendingWrite::Instance(rec) => format!("instance {}", rec.attrs.sop_instance_uid),
+            PendingWrite::Message(m) => {
+                format!("message {} from {}", m.message.control_id, m.message.sender)
+            }
+        }
+    }
+
+    /// Answer the waiting ingest.
+    fn answer(self, outcome: Result<Written, ArchiveError>) {
+        match (self, outcome) {
+            (PendingWrite::Instance(rec), Ok(Written::Instance(o))) => {
+                let _ = rec.reply.send(Ok(o));
+            }
+            (PendingWrite::Message(m), Ok(Written::Message(o))) => {
+                let _ = m.reply.send(Ok(o));
+            }
+            (PendingWrite::Instance(rec), Err(e)) => {
+                let _ = rec.reply.send(Err(e));
+            }
+            (PendingWrite::Message(m), Err(e)) => {
+                let _ = m.reply.send(Err(e));
+            }
+            (pending, Ok(_)) => {
+                let e =
+                    ArchiveError::CatalogWrite("the writer answered another kind of write".into());
+                pending.answer(Err(e));
+            }
+        }
+    }
+}
+
+/// What one write of a group did.
+enum Written {
+    Instance(RecordOutcome),
+    Message(MessageOutcome),
+}
+
+impl Written {
+    /// The newest change seq it appended, if any.
+    fn seq(&self) -> Option<i64> {
+        match self {
+            Written::Instance(RecordOutcome::Recorded { seq, .. })
+            | Written::Message(MessageOutcome::Recorded { seq, .. }) => Some(*seq),
+            _ => None,
+        }
+    }
 }
 
 /// Most records committed together in one transaction.
@@ -277,11 +345,6 @@ impl Catalog {
         self.committed_seq.subscribe()
     }
 
-    /// Tell the followers that changes up to `newest` are committed.
-    pub(crate) fn notify_committed(&self, newest: i64) {
-        notify_committed(&self.committed_seq, newest);
-    }
-
     /// Change-feed entries after `after_seq`, oldest first.
     pub async fn changes_since(
         &self,
@@ -381,7 +444,7 @@ impl Catalog {
         replace: bool,
     ) -> Result<RecordOutcome, ArchiveError> {
         let (reply, answer) = oneshot::channel();
-        let pending = PendingRecord {
+        let pending = PendingWrite::Instance(PendingRecord {
             attrs: attrs.clone(),
             blob: blob.clone(),
             source: source.to_string(),
@@ -389,7 +452,16 @@ impl Catalog {
             document: document.cloned(),
             replace,
             reply,
-        };
+        });
+        self.queue_write(pending, answer).await
+    }
+
+    /// Queue a write for the writer task and wait for its answer.
+    async fn queue_write<T>(
+        &self,
+        pending: PendingWrite,
+        answer: oneshot::Receiver<Result<T, ArchiveError>>,
+    ) -> Result<T, ArchiveError> {
         let gone = || ArchiveError::CatalogWrite("the catalog writer has stopped".into());
         self.writes.send(pending).await.map_err(|_| gone())?;
         answer.await.map_err(|_| gone())?
@@ -644,7 +716,7 @@ fn notify_committed(committed_seq: &watch::Sender<i64>, newest: i64) {
 /// only then answers each ingest.
 async fn writer_task(
     pool: SqlitePool,
-    mut queue: mpsc::Receiver<PendingRecord>,
+    mut queue: mpsc::Receiver<PendingWrite>,
     committed_seq: Arc<watch::Sender<i64>>,
 ) {
     let mut batch = Vec::with_capacity(MAX_GROUP_COMMIT);
@@ -660,25 +732,20 @@ async fn writer_task(
             Ok(outcomes) => {
                 let newest = outcomes
                     .iter()
-                    .filter_map(|o| match o {
-                        Ok(RecordOutcome::Recorded { seq, .. }) => Some(*seq),
-                        _ => None,
-                    })
+                    .filter_map(|o| o.as_ref().ok().and_then(Written::seq))
                     .max();
                 if let Some(newest) = newest {
                     notify_committed(&committed_seq, newest);
                 }
                 for (pending, outcome) in batch.drain(..).zip(outcomes) {
-                    let _ = pending.reply.send(outcome);
+                    pending.answer(outcome);
                 }
             }
             Err(e) => {
                 tracing::error!(error = %e, records = batch.len(), "catalog group commit failed");
                 let message = e.to_string();
                 for pending in batch.drain(..) {
-                    let _ = pending
-                        .reply
-                        .send(Err(ArchiveError::CatalogWrite(message.clone())));
+                    pending.answer(Err(ArchiveError::CatalogWrite(message.clone())));
                 }
             }
         }
@@ -687,17 +754,17 @@ async fn writer_task(
 
 async fn commit_group(
     pool: &SqlitePool,
-    batch: &[PendingRecord],
-) -> Result<Vec<Result<RecordOutcome, ArchiveError>>, ArchiveError> {
+    batch: &[PendingWrite],
+) -> Result<Vec<Result<Written, ArchiveError>>, ArchiveError> {
     // Fast path: the whole group in one transaction.
     let mut tx = pool.begin().await?;
     let mut outcomes = Vec::with_capacity(batch.len());
     let mut failed = false;
-    for rec in batch {
-        match record_in_tx(&mut tx, rec).await {
+    for pending in batch {
+        match pending.write(&mut tx).await {
             Ok(outcome) => outcomes.push(outcome),
             Err(e) => {
-                tracing::warn!(error = %e, sop_instance_uid = %rec.attrs.sop_instance_uid, "record failed; retrying the group one by one");
+                tracing::warn!(error = %e, write = %pending.describe(), "record failed; retrying the group one by one");
                 failed = true;
                 break;
             }
@@ -708,11 +775,11 @@ async fn commit_group(
         return Ok(outcomes.into_iter().map(Ok).collect());
     }
     tx.rollback().await?;
-    // Slow path: one transaction per record, so one bad record fails alone.
+    // Slow path: one transaction per write, so one bad write fails alone.
     let mut results = Vec::with_capacity(batch.len());
-    for rec in batch {
+    for pending in batch {
         let mut tx = pool.begin().await?;
-        match record_in_tx(&mut tx, rec).await {
+        match pending.write(&mut tx).await {
             Ok(outcome) => {
                 tx.commit().await?;
                 results.push(Ok(outcome));

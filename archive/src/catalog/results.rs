@@ -6,7 +6,10 @@ use sqlx::Row;
 use sqlx::sqlite::SqliteRow;
 use sqlx::{Sqlite, Transaction};
 
-use super::{Catalog, PatientRow, append_report_change, now_rfc3339, upsert_patient};
+use bytes::Bytes;
+use tokio::sync::oneshot;
+
+use super::{Catalog, PatientRow, PendingWrite, append_report_change, now_rfc3339, upsert_patient};
 use crate::error::ArchiveError;
 use crate::model::patient_key;
 use crate::results::{
@@ -28,13 +31,12 @@ pub enum MessageOutcome {
     Recorded {
         message_id: i64,
         reports: Vec<i64>,
+        /// The newest change-feed seq it appended.
+        seq: i64,
     },
     /// The same sender and control id are already recorded, with this
     /// SHA-256 of its raw bytes.
-    AlreadyPresent {
-        message_id: i64,
-        sha256: String,
-    },
+    AlreadyPresent { message_id: i64, sha256: String },
 }
 
 fn joined(values: &[String]) -> Option<String> {
@@ -58,110 +60,114 @@ impl Catalog {
         row.map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).transpose()
     }
 
-    /// Record a message whose raw bytes are already durable in the object
-    /// store: patient, message, reports and results in one transaction. A
-    /// corrected result marks the result it corrects (same patient, same
-    /// test, same order) as superseded instead of replacing it. A report
-    /// without a study is linked to the study with its accession number.
+    /// Record a message: patient, message, reports and results in one
+    /// transaction, with the raw message's compressed bytes in the outbox
+    /// (`outbox`, when they are not in the object store yet). A corrected
+    /// result marks the result it corrects (same patient, same test, same
+    /// order) as superseded instead of replacing it. A report without a
+    /// study is linked to the study with its accession number. Concurrent
+    /// messages and instances are group-committed by the one writer task.
     pub async fn record_message(
         &self,
         message: &ResultMessage,
         blob: &MessageBlob,
+        outbox: Option<Bytes>,
         source: &str,
     ) -> Result<MessageOutcome, ArchiveError> {
-        let mut tx = self.writer.begin().await?;
-        if let Some(row) =
-            sqlx::query("SELECT id, sha256 FROM messages WHERE sender = $1 AND control_id = $2")
-                .bind(&message.sender)
-                .bind(&message.control_id)
-                .fetch_optional(&mut *tx)
-                .await?
-        {
-            return Ok(MessageOutcome::AlreadyPresent {
-                message_id: row.try_get(0)?,
-                sha256: row.try_get(1)?,
-            });
-        }
-        let now = now_rfc3339();
-        let message_id: i64 = sqlx::query_scalar(
-            "INSERT INTO messages (format, message_type, sender, control_id, sha256, blob_key, \
-         original_size, stored_size, received_at, source) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING id",
-        )
-        .bind(message.format.name())
-        .bind(&message.message_type)
-        .bind(&message.sender)
-        .bind(&message.control_id)
-        .bind(&blob.sha256)
-        .bind(&blob.blob_key)
-        .bind(blob.original_size as i64)
-        .bind(blob.stored_size as i64)
-        .bind(&now)
-        .bind(source)
-        .fetch_one(&mut *tx)
-        .await?;
-        let mut reports = Vec::new();
-        let mut newest = 0;
-        for group in &message.patients {
-            let p = &group.patient;
-            let patient_pk = upsert_patient(
-                &mut tx,
-                PatientRow {
-                    key: patient_key(
-                        Some(&p.id),
-                        p.issuer.as_deref(),
-                        p.name.as_deref(),
-                        p.birth_date.as_deref(),
-                    ),
-                    id: Some(&p.id),
-                    issuer: p.issuer.as_deref(),
-                    name: p.name.as_deref(),
-                    birth_date: p.birth_date.as_deref(),
-                    sex: p.sex.as_deref(),
-                },
-                &now,
-            )
-            .await?;
-            for r in &group.reports {
-                let (report_id, seq) =
-                    insert_report(&mut tx, message_id, patient_pk, &p.id, r, &now).await?;
-                newest = newest.max(seq);
-                reports.push(report_id);
-            }
-        }
-        tx.commit().await?;
-        self.notify_committed(newest);
-        Ok(MessageOutcome::Recorded {
-            message_id,
-            reports,
-        })
+        let (reply, answer) = oneshot::channel();
+        let pending = PendingWrite::Message(PendingMessage {
+            message: message.clone(),
+            blob: blob.clone(),
+            outbox,
+            source: source.to_owned(),
+            reply,
+        });
+        self.queue_write(pending, answer).await
     }
 
-    /// (id, SHA-256, blob key, original size) of every recorded message
-    /// except the reports of DICOM instances (their blob is the instance's).
-    pub async fn message_blobs(&self) -> Result<Vec<(i64, String, String, i64)>, ArchiveError> {
-        // Reports held by DICOM instances share the instance's blob, which
-        // the instance check covers.
-        let rows =
-            sqlx::query("SELECT id, sha256, blob_key, original_size FROM messages WHERE format <> 'dicom' ORDER BY id")
-                .fetch_all(&self.reader)
-                .await?;
+    /// Up to `limit` raw messages waiting in the outbox: (SHA-256, blob
+    /// key, compressed bytes), oldest first.
+    pub async fn outbox_batch(
+        &self,
+        limit: i64,
+    ) -> Result<Vec<(String, String, Bytes)>, ArchiveError> {
+        let rows = sqlx::query(
+            "SELECT sha256, blob_key, data FROM message_outbox ORDER BY created_at LIMIT $1",
+        )
+        .bind(limit)
+        .fetch_all(&self.reader)
+        .await?;
         rows.iter()
-            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?)))
+            .map(|r| {
+                Ok((
+                    r.try_get(0)?,
+                    r.try_get(1)?,
+                    Bytes::from(r.try_get::<Vec<u8>, _>(2)?),
+                ))
+            })
             .collect()
     }
 
-    /// (SHA-256, blob key, original size) of one message.
+    /// The compressed bytes of a raw message still in the outbox.
+    pub async fn outbox_blob(&self, sha256: &str) -> Result<Option<Bytes>, ArchiveError> {
+        let data: Option<Vec<u8>> =
+            sqlx::query_scalar("SELECT data FROM message_outbox WHERE sha256 = $1")
+                .bind(sha256)
+                .fetch_optional(&self.reader)
+                .await?;
+        Ok(data.map(Bytes::from))
+    }
+
+    /// Where the raw bytes of every recorded message are, except the
+    /// reports of DICOM instances (their blob is the instance's, which the
+    /// instance check covers), by id.
+    pub async fn message_blobs(&self) -> Result<Vec<MessageLocation>, ArchiveError> {
+        let sql = format!(
+            "SELECT {MESSAGE_LOCATION} FROM messages WHERE format <> 'dicom' ORDER BY blob_key, id"
+        );
+        let rows = sqlx::query(&sql).fetch_all(&self.reader).await?;
+        rows.iter().map(message_location).collect()
+    }
+
+    /// Where the raw bytes of one message are.
     pub async fn message_blob(
         &self,
         message_id: i64,
-    ) -> Result<Option<(String, String, i64)>, ArchiveError> {
-        let row = sqlx::query("SELECT sha256, blob_key, original_size FROM messages WHERE id = $1")
+    ) -> Result<Option<MessageLocation>, ArchiveError> {
+        let sql = format!("SELECT {MESSAGE_LOCATION} FROM messages WHERE id = $1");
+        let row = sqlx::query(&sql)
             .bind(message_id)
             .fetch_optional(&self.reader)
             .await?;
-        row.map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)))
-            .transpose()
+        row.as_ref().map(message_location).transpose()
+    }
+
+    /// Record that the messages with these SHA-256s (and `(offset,
+    /// length)` in `pack`) are now in the object store under `pack_key`,
+    /// and drop their outbox rows, in one transaction.
+    pub async fn record_pack(
+        &self,
+        pack_key: &str,
+        members: &[(String, u64)],
+    ) -> Result<(), ArchiveError> {
+        let mut tx = self.writer.begin().await?;
+        for (sha256, offset) in members {
+            sqlx::query(
+                "UPDATE messages SET blob_key = $1, blob_offset = $2 \
+                 WHERE sha256 = $3 AND blob_offset IS NULL AND format <> 'dicom'",
+            )
+            .bind(pack_key)
+            .bind(*offset as i64)
+            .bind(sha256)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query("DELETE FROM message_outbox WHERE sha256 = $1")
+                .bind(sha256)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
     }
 
     /// The reports linked to a study, oldest first.
@@ -204,6 +210,127 @@ impl Catalog {
             .await?;
         rows.iter().map(stored_observation).collect()
     }
+}
+
+/// A message waiting for the writer task's next group commit.
+pub(super) struct PendingMessage {
+    pub message: ResultMessage,
+    pub blob: MessageBlob,
+    pub outbox: Option<Bytes>,
+    pub source: String,
+    pub reply: oneshot::Sender<Result<MessageOutcome, ArchiveError>>,
+}
+
+/// Record one message inside the writer's transaction.
+pub(super) async fn record_message_in_tx(
+    tx: &mut Transaction<'_, Sqlite>,
+    pending: &PendingMessage,
+) -> Result<MessageOutcome, ArchiveError> {
+    let (message, blob, source) = (&pending.message, &pending.blob, pending.source.as_str());
+    if let Some(row) =
+        sqlx::query("SELECT id, sha256 FROM messages WHERE sender = $1 AND control_id = $2")
+            .bind(&message.sender)
+            .bind(&message.control_id)
+            .fetch_optional(&mut **tx)
+            .await?
+    {
+        return Ok(MessageOutcome::AlreadyPresent {
+            message_id: row.try_get(0)?,
+            sha256: row.try_get(1)?,
+        });
+    }
+    let now = now_rfc3339();
+    let message_id: i64 = sqlx::query_scalar(
+        "INSERT INTO messages (format, message_type, sender, control_id, sha256, blob_key, \
+         original_size, stored_size, received_at, source) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING id",
+    )
+    .bind(message.format.name())
+    .bind(&message.message_type)
+    .bind(&message.sender)
+    .bind(&message.control_id)
+    .bind(&blob.sha256)
+    .bind(&blob.blob_key)
+    .bind(blob.original_size as i64)
+    .bind(blob.stored_size as i64)
+    .bind(&now)
+    .bind(source)
+    .fetch_one(&mut **tx)
+    .await?;
+    let mut reports = Vec::new();
+    let mut newest = 0;
+    for group in &message.patients {
+        let p = &group.patient;
+        let patient_pk = upsert_patient(
+            tx,
+            PatientRow {
+                key: patient_key(
+                    Some(&p.id),
+                    p.issuer.as_deref(),
+                    p.name.as_deref(),
+                    p.birth_date.as_deref(),
+                ),
+                id: Some(&p.id),
+                issuer: p.issuer.as_deref(),
+                name: p.name.as_deref(),
+                birth_date: p.birth_date.as_deref(),
+                sex: p.sex.as_deref(),
+            },
+            &now,
+        )
+        .await?;
+        for r in &group.reports {
+            let (report_id, seq) =
+                insert_report(tx, message_id, patient_pk, &p.id, r, &now).await?;
+            newest = newest.max(seq);
+            reports.push(report_id);
+        }
+    }
+    if let Some(data) = &pending.outbox {
+        sqlx::query(
+            "INSERT INTO message_outbox (sha256, blob_key, data, created_at) \
+             VALUES ($1, $2, $3, $4) ON CONFLICT (sha256) DO NOTHING",
+        )
+        .bind(&blob.sha256)
+        .bind(&blob.blob_key)
+        .bind(data.as_ref())
+        .bind(&now)
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(MessageOutcome::Recorded {
+        message_id,
+        reports,
+        seq: newest,
+    })
+}
+
+/// Where a message's raw bytes (zstd-compressed) are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MessageLocation {
+    pub message_id: i64,
+    pub sha256: String,
+    /// The object holding them: the message's own, or a pack.
+    pub blob_key: String,
+    /// Where they start in a pack (`None`: the whole object).
+    pub offset: Option<u64>,
+    /// Compressed length.
+    pub stored_size: u64,
+    /// Length of the raw message.
+    pub original_size: u64,
+}
+
+const MESSAGE_LOCATION: &str = "id, sha256, blob_key, blob_offset, stored_size, original_size";
+
+fn message_location(r: &SqliteRow) -> Result<MessageLocation, ArchiveError> {
+    Ok(MessageLocation {
+        message_id: r.try_get(0)?,
+        sha256: r.try_get(1)?,
+        blob_key: r.try_get(2)?,
+        offset: r.try_get::<Option<i64>, _>(3)?.map(|o| o.max(0) as u64),
+        stored_size: r.try_get::<i64, _>(4)?.max(0) as u64,
+        original_size: r.try_get::<i64, _>(5)?.max(0) as u64,
+    })
 }
 
 /// The columns [`stored_report`] reads, in its order (reports `r`,

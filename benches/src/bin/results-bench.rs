@@ -385,11 +385,11 @@ async fn check_stored(data: &Path, expected: &HashSet<String>) -> anyhow::Result
         "{missing} acknowledged message(s) are not in the catalog"
     );
     let blobs = catalog.message_blobs().await?;
-    for (id, ..) in &blobs {
+    for at in &blobs {
         archive
-            .retrieve_message(*id)
+            .retrieve_message(at.message_id)
             .await
-            .with_context(|| format!("raw message {id}"))?;
+            .with_context(|| format!("raw message {}", at.message_id))?;
     }
     Ok(Stored {
         messages: blobs.len(),
