@@ -8,7 +8,8 @@ mod common;
 use common::{
     CALLING, IMPLICIT_VR_LE, Server, TestScu, dcmtk_tool, split_part10, study_identifier,
 };
-use pacs_dicom_gateway::dimse::tag;
+use dicom_ul::pdu::{PDataValueType, Pdu};
+use pacs_dicom_gateway::dimse::{Command, field, tag};
 use pacs_fixtures::{FixtureFile, Kind, ts};
 
 /// The instances of the conversion tests: native syntaxes that re-encode,
@@ -401,5 +402,71 @@ async fn a_get_on_implicit_le_contexts_only_gets_every_instance_converted() {
         let bytes = std::fs::read(&path).unwrap();
         assert_converted(f, &path, &bytes, work.path()).await;
     }
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_requestor_that_never_answers_a_c_store_gets_the_final_status_after_the_dimse_timeout() {
+    let mut server = Server::start(|c| c.dimse_timeout_secs = 1).await;
+    let ct = pacs_fixtures::single(Kind::Ct, ts::EXPLICIT_VR_LE, 51);
+    let mr = pacs_fixtures::single(Kind::Mr, ts::EXPLICIT_VR_LE, 52);
+    let members = [&ct, &mr];
+    store_all(&server, &members).await;
+    let mut scu = get_scu(&server, &members, &[ts::EXPLICIT_VR_LE], &members).await;
+    let pc = scu.context_id(STUDY_ROOT_GET).unwrap();
+    let mut rq = Command::new(field::C_GET_RQ);
+    rq.set_text(tag::AFFECTED_SOP_CLASS_UID, STUDY_ROOT_GET)
+        .set_us(tag::MESSAGE_ID, 99)
+        .set_us(tag::PRIORITY, 0)
+        .set_us(tag::COMMAND_DATA_SET_TYPE, 0);
+    scu.send_pdv(pc, PDataValueType::Command, true, &rq.encode())
+        .await;
+    scu.send_data(pc, &studies(&members), true).await;
+    let started = std::time::Instant::now();
+    // Read everything, answer nothing.
+    let mut stores: Vec<(u8, Command)> = Vec::new();
+    let mut command_bytes = Vec::new();
+    let last = 'read: loop {
+        let Pdu::PData { data } = scu.receive().await.unwrap() else {
+            panic!("expected P-DATA");
+        };
+        for pdv in data {
+            if pdv.value_type != PDataValueType::Command {
+                continue;
+            }
+            command_bytes.extend_from_slice(&pdv.data);
+            if !pdv.is_last {
+                continue;
+            }
+            let command = Command::decode(&std::mem::take(&mut command_bytes)).unwrap();
+            match command.command_field() {
+                Some(field::C_STORE_RQ) => stores.push((pdv.presentation_context_id, command)),
+                Some(field::C_GET_RSP) if command.us(tag::STATUS) != Some(0xFF00) => {
+                    break 'read command;
+                }
+                _ => {}
+            }
+        }
+    };
+    assert!(
+        started.elapsed() >= std::time::Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+    // The second instance was not even sent.
+    assert_eq!(stores.len(), 1);
+    assert_eq!(last.us(tag::STATUS), Some(0xA702), "{last:?}");
+    assert_eq!(last.us(tag::COMPLETED_SUB_OPERATIONS), Some(0));
+    assert_eq!(last.us(tag::FAILED_SUB_OPERATIONS), Some(2));
+
+    // A late answer is ignored and the association goes on serving.
+    let (id, store) = &stores[0];
+    let late = Command::response_to(store, field::C_STORE_RSP, 0);
+    scu.send_pdv(*id, PDataValueType::Command, true, &late.encode())
+        .await;
+    let got = scu.retrieve(STUDY_ROOT_GET, None, &studies(&members)).await;
+    scu.association.release().await.unwrap();
+    assert_eq!(got.status(), 0x0000, "{got:?}");
+    assert_eq!(got.counts(), (Some(2), Some(0), Some(0)), "{got:?}");
     server.shutdown().await;
 }
