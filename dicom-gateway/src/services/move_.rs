@@ -310,3 +310,45 @@ async fn store_on(
         Err(_) => None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn instance(uid: &str, class: &str, syntax: &str) -> Instance {
+        Instance {
+            sop_instance_uid: uid.into(),
+            sop_class_uid: class.into(),
+            transfer_syntax: syntax.into(),
+        }
+    }
+
+    #[test]
+    fn the_proposal_offers_each_stored_syntax_alone_then_native_per_class() {
+        const CT: &str = "1.2.840.10008.5.1.4.1.1.2";
+        const MR: &str = "1.2.840.10008.5.1.4.1.1.4";
+        const JPEG: &str = "1.2.840.10008.1.2.4.50";
+        let instances = [
+            instance("1", CT, JPEG),
+            instance("2", CT, EXPLICIT_VR_LE),
+            instance("3", CT, JPEG),
+            instance("4", MR, IMPLICIT_VR_LE),
+        ];
+        let native = vec![EXPLICIT_VR_LE.to_owned(), IMPLICIT_VR_LE.to_owned()];
+        assert_eq!(
+            proposal(&instances),
+            vec![
+                (CT.to_owned(), vec![JPEG.to_owned()]),
+                (CT.to_owned(), vec![EXPLICIT_VR_LE.to_owned()]),
+                (MR.to_owned(), vec![IMPLICIT_VR_LE.to_owned()]),
+                (CT.to_owned(), native.clone()),
+                (MR.to_owned(), native),
+            ]
+        );
+        // Never more than an association can carry.
+        let many: Vec<Instance> = (0..200)
+            .map(|n| instance(&n.to_string(), &format!("1.2.3.{n}"), JPEG))
+            .collect();
+        assert_eq!(proposal(&many).len(), 128);
+    }
+}
