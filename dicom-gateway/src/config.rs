@@ -27,6 +27,12 @@ pub struct GatewayConfig {
     pub artim_timeout_secs: u64,
     /// Seconds an established association may stay silent before we abort it.
     pub idle_timeout_secs: u64,
+    /// DIMSE timeout: seconds a retrieve waits for the C-STORE-RSP of one
+    /// sub-operation (including sending its data set) from a C-MOVE
+    /// destination or a C-GET requestor. Past it the sub-operation and the
+    /// ones not yet attempted are failed, a C-MOVE sub-association is
+    /// aborted, and the retrieve ends with its final status.
+    pub dimse_timeout_secs: u64,
     /// On shutdown, seconds in-flight messages have to finish before their
     /// associations are aborted.
     pub shutdown_grace_secs: u64,
@@ -79,6 +85,7 @@ impl Default for GatewayConfig {
             max_pdu_length: 65_536,
             artim_timeout_secs: 30,
             idle_timeout_secs: 300,
+            dimse_timeout_secs: 60,
             shutdown_grace_secs: 30,
             max_message_bytes: 4 << 30,
             max_find_matches: 1000,
@@ -105,6 +112,10 @@ impl GatewayConfig {
 
     pub fn idle_timeout(&self) -> Duration {
         Duration::from_secs(self.idle_timeout_secs.max(1))
+    }
+
+    pub fn dimse_timeout(&self) -> Duration {
+        Duration::from_secs(self.dimse_timeout_secs.max(1))
     }
 
     pub fn shutdown_grace(&self) -> Duration {

@@ -182,11 +182,29 @@ async fn store_all(server: &Server, files: &[&FixtureFile]) {
     }
 }
 
-/// storescp without transfer syntax options accepts the uncompressed
-/// syntaxes only (DCMTK's default "--prefer-uncompr"); the archive never
-/// transcodes, so everything else has no presentation context there.
-fn default_storescp_accepts(syntax: &str) -> bool {
-    [ts::IMPLICIT_VR_LE, ts::EXPLICIT_VR_LE, ts::EXPLICIT_VR_BE].contains(&syntax)
+/// Store the JPEG baseline instance `f` as if it were `syntax` (a syntax
+/// whose encapsulated pixel data the archive has no decoder for, such as
+/// JPEG-LS or JPEG 2000): it can only ever go out as stored.
+async fn store_claiming(server: &Server, f: &FixtureFile, syntax: &str) {
+    assert_eq!(f.transfer_syntax, ts::JPEG_BASELINE);
+    let (_, data) = split_part10(&f.bytes);
+    let mut scu = TestScu::connect(server.addr, &[(f.sop_class_uid.as_str(), syntax)])
+        .await
+        .unwrap();
+    let rsp = scu.store(&f.sop_class_uid, &f.sop_instance_uid, data).await;
+    assert_eq!(rsp.us(tag::STATUS), Some(0));
+    scu.association.release().await.unwrap();
+}
+
+const JPEG_LS_LOSSLESS: &str = "1.2.840.10008.1.2.4.80";
+const JPEG_2000_LOSSLESS: &str = "1.2.840.10008.1.2.4.90";
+
+/// The transfer syntax of the files storescp wrote into `dir`.
+fn received_syntaxes(dir: &std::path::Path) -> BTreeSet<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| split_part10(&std::fs::read(e.unwrap().path()).unwrap()).0)
+        .collect()
 }
 
 /// Which of `uids` did storescp write into `dir`? (Read from the files'
@@ -221,49 +239,111 @@ fn dumped(log: &str, label: &str) -> Vec<String> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_move_to_a_destination_refusing_some_syntaxes_ends_b000_with_the_failed_uids() {
+async fn a_move_to_an_implicit_only_destination_converts_and_lists_what_cannot_be() {
     if !common::dcmtk_tools(&["movescu", "storescp"]) {
         return;
     }
-    let (_storescp, port, received) = storescp(&[]).await;
+    // storescp taking Implicit VR Little Endian only.
+    let (_storescp, port, received) = storescp(&["+xi"]).await;
     let mut server = gateway_moving_to(port).await;
     let files: Vec<FixtureFile> = DatasetSpec::small().iter().collect();
-    // A study with instances storescp takes as stored and instances it
-    // cannot take.
+    // The study with the most transfer syntaxes.
     let study = files
         .iter()
-        .map(|f| f.study_instance_uid.as_str())
-        .find(|s| {
-            let syntaxes = files
+        .map(|f| f.study_instance_uid.clone())
+        .max_by_key(|s| {
+            let mut syntaxes: Vec<_> = files
                 .iter()
-                .filter(|f| f.study_instance_uid == *s)
-                .map(|f| default_storescp_accepts(f.transfer_syntax));
-            syntaxes.clone().any(|ok| ok) && syntaxes.clone().any(|ok| !ok)
+                .filter(|f| &f.study_instance_uid == s)
+                .map(|f| f.transfer_syntax)
+                .collect();
+            syntaxes.sort();
+            syntaxes.dedup();
+            syntaxes.len()
         })
-        .expect("a study with compressed and uncompressed instances")
-        .to_owned();
-    let members: Vec<&FixtureFile> = files
+        .unwrap();
+    let mut members: Vec<&FixtureFile> = files
         .iter()
         .filter(|f| f.study_instance_uid == study)
         .collect();
+    assert!(
+        members.iter().any(
+            |f| f.transfer_syntax == ts::JPEG_BASELINE || f.transfer_syntax == ts::RLE_LOSSLESS
+        )
+    );
     store_all(&server, &members).await;
+
+    // Every instance of the study arrives, converted where needed.
+    let port_text = server.port();
+    let key = format!("StudyInstanceUID={study}");
+    let (ok, log) = dcmtk_tool(
+        "movescu",
+        &[
+            "-d",
+            "-aet",
+            CALLING,
+            "-aec",
+            "PACS",
+            "-aem",
+            "DEST",
+            "-S",
+            "-k",
+            "QueryRetrieveLevel=STUDY",
+            "-k",
+            &key,
+            "127.0.0.1",
+            &port_text,
+        ],
+    )
+    .await;
+    assert!(ok, "{log}");
+    let last = log
+        .rfind("Received Final Move Response")
+        .unwrap_or_else(|| panic!("no final response: {log}"));
+    assert!(log[last..].contains("0x0000"), "{}", &log[last..]);
+    assert_eq!(
+        dumped(&log[last..], "Completed Suboperations").first(),
+        Some(&members.len().to_string()),
+        "{}",
+        &log[last..]
+    );
+    let all: Vec<&str> = members
+        .iter()
+        .map(|f| f.sop_instance_uid.as_str())
+        .collect();
+    assert_eq!(
+        received_uids(received.path(), &all).len(),
+        members.len(),
+        "{log}"
+    );
+    assert_eq!(
+        received_syntaxes(received.path()),
+        BTreeSet::from([IMPLICIT_VR_LE.to_owned()])
+    );
+
+    // An instance stored in JPEG-LS cannot be decoded here: with it in the
+    // move, it is the one failed sub-operation.
+    let jpeg_ls = pacs_fixtures::single(Kind::Ct, ts::JPEG_BASELINE, 31);
+    store_claiming(&server, &jpeg_ls, JPEG_LS_LOSSLESS).await;
+    members.push(&jpeg_ls);
     let uids: Vec<&str> = members
         .iter()
         .map(|f| f.sop_instance_uid.as_str())
         .collect();
-    let refused: BTreeSet<String> = members
-        .iter()
-        .filter(|f| !default_storescp_accepts(f.transfer_syntax))
-        .map(|f| f.sop_instance_uid.clone())
-        .collect();
+    let refused: BTreeSet<String> = BTreeSet::from([jpeg_ls.sop_instance_uid.clone()]);
     let moved = uids.len() - refused.len();
+    let both_studies = [study.as_str(), jpeg_ls.study_instance_uid.as_str()];
 
     // The crate's SCU reads the final response element by element.
     let mut scu = TestScu::connect(server.addr, &[(STUDY_ROOT_MOVE, IMPLICIT_VR_LE)])
         .await
         .unwrap();
     let got = scu
-        .retrieve(STUDY_ROOT_MOVE, Some("DEST"), &study_identifier(&[&study]))
+        .retrieve(
+            STUDY_ROOT_MOVE,
+            Some("DEST"),
+            &study_identifier(&both_studies),
+        )
         .await;
     scu.association.release().await.unwrap();
     assert_eq!(got.status(), 0xB000, "{got:?}");
@@ -283,7 +363,7 @@ async fn a_move_to_a_destination_refusing_some_syntaxes_ends_b000_with_the_faile
     );
     // One pending response after each sub-operation but the last.
     assert_eq!(got.pending.len(), uids.len() - 1, "{got:?}");
-    // What storescp wrote is exactly what was not refused.
+    // What storescp holds is exactly what was not refused.
     let expected: BTreeSet<String> = uids
         .iter()
         .map(|u| u.to_string())
@@ -292,8 +372,7 @@ async fn a_move_to_a_destination_refusing_some_syntaxes_ends_b000_with_the_faile
     assert_eq!(received_uids(received.path(), &uids), expected);
 
     // movescu, a real C-MOVE SCU, reads the same final response.
-    let port_text = server.port();
-    let key = format!("StudyInstanceUID={study}");
+    let key = format!("StudyInstanceUID={}", both_studies.join("\\"));
     let (_, log) = dcmtk_tool(
         "movescu",
         &[
@@ -346,16 +425,18 @@ async fn a_move_where_every_sub_operation_fails_is_refused_a702_with_counts_and_
     }
     let (_storescp, port, received) = storescp(&[]).await;
     let mut server = gateway_moving_to(port).await;
-    // Two studies of compressed instances only: storescp accepts no
-    // context at all on the sub-association.
+    // Two studies of instances stored in syntaxes without a decoder here:
+    // storescp (uncompressed only) takes none of them as stored and they
+    // cannot be converted.
     let jpeg = pacs_fixtures::single(Kind::Ct, ts::JPEG_BASELINE, 7);
-    let rle = pacs_fixtures::single(Kind::Mr, ts::RLE_LOSSLESS, 8);
-    store_all(&server, &[&jpeg, &rle]).await;
+    let j2k = pacs_fixtures::single(Kind::Mr, ts::JPEG_BASELINE, 8);
+    store_claiming(&server, &jpeg, JPEG_LS_LOSSLESS).await;
+    store_claiming(&server, &j2k, JPEG_2000_LOSSLESS).await;
     let studies = [
         jpeg.study_instance_uid.as_str(),
-        rle.study_instance_uid.as_str(),
+        j2k.study_instance_uid.as_str(),
     ];
-    let mut failed = vec![jpeg.sop_instance_uid.clone(), rle.sop_instance_uid.clone()];
+    let mut failed = vec![jpeg.sop_instance_uid.clone(), j2k.sop_instance_uid.clone()];
     failed.sort();
 
     let mut scu = TestScu::connect(server.addr, &[(STUDY_ROOT_MOVE, IMPLICIT_VR_LE)])
@@ -371,7 +452,7 @@ async fn a_move_where_every_sub_operation_fails_is_refused_a702_with_counts_and_
     assert!(
         received_uids(
             received.path(),
-            &[&jpeg.sop_instance_uid, &rle.sop_instance_uid]
+            &[&jpeg.sop_instance_uid, &j2k.sop_instance_uid]
         )
         .is_empty()
     );
@@ -417,5 +498,67 @@ async fn a_move_where_every_sub_operation_fails_is_refused_a702_with_counts_and_
         failed.iter().all(|u| listed.contains(u.as_str())),
         "{listed}"
     );
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_destination_that_never_answers_fails_the_move_within_the_dimse_timeout() {
+    if !common::dcmtk_tools(&["storescp"]) {
+        return;
+    }
+    // HANG accepts the association, then sleeps a minute before answering
+    // each C-STORE; DEST answers normally.
+    let (_hanging, hang_port, _) = storescp(&["--sleep-during", "60"]).await;
+    let (_storescp, port, received) = storescp(&[]).await;
+    let mut server = Server::start(|c| {
+        c.dimse_timeout_secs = 2;
+        for (ae_title, port) in [("HANG", hang_port), ("DEST", port)] {
+            c.move_destinations.push(MoveDestination {
+                ae_title: ae_title.into(),
+                host: "127.0.0.1".into(),
+                port,
+            });
+        }
+    })
+    .await;
+    let files = [
+        pacs_fixtures::single(Kind::Ct, ts::EXPLICIT_VR_LE, 41),
+        pacs_fixtures::single(Kind::Mr, ts::EXPLICIT_VR_LE, 42),
+        pacs_fixtures::single(Kind::Cr, ts::EXPLICIT_VR_LE, 43),
+    ];
+    let members: Vec<&FixtureFile> = files.iter().collect();
+    store_all(&server, &members).await;
+    let studies: Vec<&str> = files
+        .iter()
+        .map(|f| f.study_instance_uid.as_str())
+        .collect();
+    let mut all: Vec<String> = files.iter().map(|f| f.sop_instance_uid.clone()).collect();
+    all.sort();
+
+    let mut scu = TestScu::connect(server.addr, &[(STUDY_ROOT_MOVE, IMPLICIT_VR_LE)])
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let got = scu
+        .retrieve(STUDY_ROOT_MOVE, Some("HANG"), &study_identifier(&studies))
+        .await;
+    let took = started.elapsed();
+    // One timeout for the first sub-operation; the others are not tried.
+    assert!(took >= Duration::from_secs(2), "{took:?}");
+    assert!(took < Duration::from_secs(30), "{took:?}");
+    assert_eq!(got.status(), 0xA702, "{got:?}");
+    assert_eq!(got.counts(), (Some(0), Some(3), Some(0)), "{got:?}");
+    assert_eq!(got.failed_uids(), Some(all.clone()));
+
+    // The server goes on serving: the same association moves the same
+    // instances to a destination that answers.
+    let got = scu
+        .retrieve(STUDY_ROOT_MOVE, Some("DEST"), &study_identifier(&studies))
+        .await;
+    scu.association.release().await.unwrap();
+    assert_eq!(got.status(), 0x0000, "{got:?}");
+    assert_eq!(got.counts(), (Some(3), Some(0), Some(0)), "{got:?}");
+    let uids: Vec<&str> = all.iter().map(String::as_str).collect();
+    assert_eq!(received_uids(received.path(), &uids).len(), 3);
     server.shutdown().await;
 }

@@ -10,6 +10,7 @@
 //! | `find` | identifier -> query (C-FIND, and the selection of C-GET/C-MOVE) |
 //! | `find_scp` | C-FIND SCP: matches, pending responses, C-CANCEL, cap |
 //! | `retrieve` | what C-GET and C-MOVE share: instances, stored data sets, sub-operation C-STORE-RQ, counts, Failed SOP Instance UID List |
+//! | `transcode` | lossless conversion of a stored instance to a transfer syntax the retrieve peer accepted |
 //! | `get` | C-GET SCP: sub-operations on the same association |
 //! | `move_` | C-MOVE SCP: sub-operations on an association to the destination |
 
@@ -20,3 +21,4 @@ pub mod get;
 pub mod move_;
 pub mod retrieve;
 pub mod store;
+pub mod transcode;

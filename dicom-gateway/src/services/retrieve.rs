@@ -1,13 +1,15 @@
 //! What C-GET ([`super::get`]) and C-MOVE ([`super::move_`]) share: the
-//! instances an identifier selects, reading a stored data set back, the
+//! instances an identifier selects, reading a stored data set back (in its
+//! stored transfer syntax or converted, see [`super::transcode`]), the
 //! C-STORE-RQ of a sub-operation, the sub-operation counts and the
 //! responses carrying them, and the Failed SOP Instance UID List.
 //!
-//! Retrieval never transcodes: an instance goes out only on a presentation
-//! context accepted for its SOP class in its stored transfer syntax; an
-//! instance without one is a failed sub-operation (PS3.4 C.4.2.3.1: "A
-//! sub-operation is considered Failed if the SCP is unable to negotiate an
-//! appropriate presentation context for a given stored SOP Instance").
+//! An instance goes out on a presentation context accepted for its SOP
+//! class: in its stored transfer syntax when accepted, else converted
+//! losslessly to an accepted native one; an instance for which neither is
+//! possible is a failed sub-operation (PS3.4 C.4.2.3.1: "A sub-operation is
+//! considered Failed if the SCP is unable to negotiate an appropriate
+//! presentation context for a given stored SOP Instance").
 
 use crate::association::Context;
 use crate::dimse::{Command, Status, field, status, tag};
@@ -18,7 +20,7 @@ use crate::server::Gateway;
 pub(crate) struct Instance {
     pub sop_instance_uid: String,
     pub sop_class_uid: String,
-    /// The transfer syntax it is stored in, the only one it goes out in.
+    /// The transfer syntax it is stored in.
     pub transfer_syntax: String,
 }
 
@@ -157,6 +159,38 @@ pub(crate) async fn stored_data_set(gateway: &Gateway, uid: &str) -> Result<byte
         .ok_or("stored object has no readable meta group")?
         .len();
     Ok(bytes.slice(bytes.len() - data_len..))
+}
+
+/// The data set of a stored instance in `target`: the stored bytes when
+/// `target` is its stored syntax, else converted (on the blocking pool).
+pub(crate) async fn outgoing_data_set(
+    gateway: &Gateway,
+    instance: &Instance,
+    target: &str,
+) -> Result<bytes::Bytes, String> {
+    if target == instance.transfer_syntax {
+        return stored_data_set(gateway, &instance.sop_instance_uid).await;
+    }
+    let part10 = gateway
+        .archive
+        .retrieve(&instance.sop_instance_uid)
+        .await
+        .map_err(|e| format!("cannot read it back: {e}"))?;
+    tracing::debug!(
+        sop_instance_uid = %instance.sop_instance_uid,
+        from = %instance.transfer_syntax,
+        to = target,
+        "retrieve: converting the stored transfer syntax"
+    );
+    super::transcode::convert_blocking(part10, instance.transfer_syntax.clone(), target.into())
+        .await
+        .map(bytes::Bytes::from)
+        .map_err(|e| {
+            format!(
+                "cannot convert from {} to {target}: {e}",
+                instance.transfer_syntax
+            )
+        })
 }
 
 /// The data set of a stored Part-10 object (after its meta group).

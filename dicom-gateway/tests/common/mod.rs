@@ -333,6 +333,8 @@ pub struct Retrieved {
     /// SOP Instance UIDs of the C-STORE sub-operations received on this
     /// association (C-GET), each answered with success.
     pub stored: Vec<String>,
+    /// Their data sets, in the same order, as received.
+    pub stored_data_sets: Vec<Vec<u8>>,
 }
 
 impl Retrieved {
@@ -447,6 +449,7 @@ impl TestScu {
 
         let mut pending = Vec::new();
         let mut stored = Vec::new();
+        let mut stored_data_sets = Vec::new();
         let mut command_bytes = Vec::new();
         let mut data_bytes = Vec::new();
         let mut open: Option<(u8, Command)> = None;
@@ -487,6 +490,7 @@ impl TestScu {
                                 .unwrap_or_default()
                                 .to_owned(),
                         );
+                        stored_data_sets.push(data_set.unwrap_or_default());
                         let rsp = Command::response_to(&command, field::C_STORE_RSP, 0);
                         self.send_pdv(id, PDataValueType::Command, true, &rsp.encode())
                             .await;
@@ -498,6 +502,7 @@ impl TestScu {
                             last: command,
                             identifier: data_set,
                             stored,
+                            stored_data_sets,
                         };
                     }
                 }
