@@ -676,6 +676,20 @@ fn compress_blob(data: &[u8], level: i32) -> std::io::Result<Vec<u8>> {
     })
 }
 
+/// Decompress a raw message's bytes and check them against its SHA-256.
+async fn decode_message(at: MessageLocation, blob: Bytes) -> Result<Bytes, ArchiveError> {
+    on_rayon(move || {
+        decode_verified(
+            &format!("message {}", at.message_id),
+            &at.blob_key,
+            &at.sha256,
+            at.original_size as i64,
+            &blob,
+        )
+    })
+    .await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -700,18 +714,4 @@ mod tests {
             small
         );
     }
-}
-
-/// Decompress a raw message's bytes and check them against its SHA-256.
-async fn decode_message(at: MessageLocation, blob: Bytes) -> Result<Bytes, ArchiveError> {
-    on_rayon(move || {
-        decode_verified(
-            &format!("message {}", at.message_id),
-            &at.blob_key,
-            &at.sha256,
-            at.original_size as i64,
-            &blob,
-        )
-    })
-    .await
 }

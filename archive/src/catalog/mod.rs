@@ -146,8 +146,8 @@ struct PendingRecord {
 
 /// A write waiting for the writer task's next group commit.
 enum PendingWrite {
-    Instance(PendingRecord),
-    Message(results::PendingMessage),
+    Instance(Box<PendingRecord>),
+    Message(Box<results::PendingMessage>),
 }
 
 impl PendingWrite {
@@ -444,7 +444,7 @@ impl Catalog {
         replace: bool,
     ) -> Result<RecordOutcome, ArchiveError> {
         let (reply, answer) = oneshot::channel();
-        let pending = PendingWrite::Instance(PendingRecord {
+        let pending = PendingWrite::Instance(Box::new(PendingRecord {
             attrs: attrs.clone(),
             blob: blob.clone(),
             source: source.to_string(),
@@ -452,7 +452,7 @@ impl Catalog {
             document: document.cloned(),
             replace,
             reply,
-        });
+        }));
         self.queue_write(pending, answer).await
     }
 

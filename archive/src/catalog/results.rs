@@ -75,13 +75,13 @@ impl Catalog {
         source: &str,
     ) -> Result<MessageOutcome, ArchiveError> {
         let (reply, answer) = oneshot::channel();
-        let pending = PendingWrite::Message(PendingMessage {
+        let pending = PendingWrite::Message(Box::new(PendingMessage {
             message: message.clone(),
             blob: blob.clone(),
             outbox,
             source: source.to_owned(),
             reply,
-        });
+        }));
         self.queue_write(pending, answer).await
     }
 
