@@ -399,8 +399,8 @@ impl Archive {
         }
         let unavailable = |e: String| MessageReceipt::Refused(MessageRefusal::Unavailable(e));
         // The same key again: the same message re-sent (its ACK was lost),
-        // or another message under a reused control id. Looked up first, so
-        // a re-sent message is hashed but never compressed or written.
+        // or another message under a reused control id. Nothing is written
+        // for either.
         let already = |message_id: i64, stored: &str, sha256: &str| {
             if stored == sha256 {
                 MessageReceipt::Duplicate { message_id }
@@ -412,24 +412,25 @@ impl Archive {
             }
         };
         let catalog = &self.inner.catalog;
-        let recorded = match catalog
-            .message_by_key(&message.sender, &message.control_id)
-            .await
-        {
-            Ok(recorded) => recorded,
-            Err(e) => return unavailable(e.to_string()),
-        };
         // A lab message is a few kilobytes: hashing and compressing it
-        // takes microseconds, less than the hop to another thread and back.
+        // takes microseconds, less than the hop to another thread and back,
+        // and less than asking the catalog first whether it is a re-send
+        // (the recording transaction finds that out anyway). A large one
+        // is checked first, so a re-sent one is never compressed.
         let small = raw.len() <= INLINE_MESSAGE_LIMIT;
-        if let Some((message_id, stored)) = recorded {
-            let sha256 = if small {
-                sha256_hex(&raw)
-            } else {
-                let input = raw.clone();
-                on_rayon(move || sha256_hex(&input)).await
+        if !small {
+            let recorded = match catalog
+                .message_by_key(&message.sender, &message.control_id)
+                .await
+            {
+                Ok(recorded) => recorded,
+                Err(e) => return unavailable(e.to_string()),
             };
-            return already(message_id, &stored, &sha256);
+            if let Some((message_id, stored)) = recorded {
+                let input = raw.clone();
+                let sha256 = on_rayon(move || sha256_hex(&input)).await;
+                return already(message_id, &stored, &sha256);
+            }
         }
         let level = self.inner.config.ingest.zstd_level;
         let (sha256, compressed) = if small {

@@ -25,7 +25,7 @@ const POLL: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// Rest after a round that moved something, so that under a steady stream
 /// of messages the rounds are few and large.
-const REST: Duration = Duration::from_millis(500);
+const REST: Duration = Duration::from_millis(1000);
 
 /// Move outbox rows to the object store until aborted. Woken by every
 /// catalog commit (a message's reports append to the change feed).

@@ -14,7 +14,7 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// Shortest time between two commits under a steady stream of changes: the
 /// first change after a quiet spell is committed at once, later ones are
 /// gathered (each tantivy commit writes and syncs a segment).
-const MIN_COMMIT_INTERVAL: Duration = Duration::from_millis(250);
+const MIN_COMMIT_INTERVAL: Duration = Duration::from_millis(500);
 
 pub(crate) async fn follow(index: Arc<StudyIndex>, catalog: Catalog) {
     let mut commits = catalog.watch_changes();

@@ -453,30 +453,50 @@ pub(crate) async fn insert_report(
     .bind(now)
     .fetch_one(&mut **tx)
     .await?;
-    for o in &r.observations {
-        let id: i64 = sqlx::query_scalar(
+    // The results in as few statements as possible (one per 500): a lab
+    // message is mostly results, and each statement is a round trip to
+    // the connection's thread.
+    let mut ids: Vec<i64> = Vec::with_capacity(r.observations.len());
+    for chunk in r.observations.chunks(500) {
+        let rows: Vec<String> = (0..chunk.len())
+            .map(|i| {
+                let at = i * 15;
+                let params: Vec<String> = (1..=15).map(|k| format!("${}", at + k)).collect();
+                format!("({})", params.join(", "))
+            })
+            .collect();
+        let sql = format!(
             "INSERT INTO observations (report_id, patient_pk, code, code_display, code_system, \
              value_type, value, numeric_value, units, reference_range, abnormal_flags, status, \
-             observed_at, notes, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) RETURNING id",
-        )
-        .bind(report_id)
-        .bind(patient_pk)
-        .bind(&o.code.code)
-        .bind(&o.code.display)
-        .bind(&o.code.system)
-        .bind(&o.value_type)
-        .bind(&o.value)
-        .bind(o.numeric_value)
-        .bind(&o.units)
-        .bind(&o.reference_range)
-        .bind(joined(&o.abnormal_flags))
-        .bind(&o.status)
-        .bind(&o.observed_at)
-        .bind(joined(&o.notes))
-        .bind(now)
-        .fetch_one(&mut **tx)
-        .await?;
+             observed_at, notes, created_at) VALUES {} RETURNING id",
+            rows.join(", ")
+        );
+        let mut query = sqlx::query_scalar::<_, i64>(&sql);
+        for o in chunk {
+            query = query
+                .bind(report_id)
+                .bind(patient_pk)
+                .bind(&o.code.code)
+                .bind(&o.code.display)
+                .bind(&o.code.system)
+                .bind(&o.value_type)
+                .bind(&o.value)
+                .bind(o.numeric_value)
+                .bind(&o.units)
+                .bind(&o.reference_range)
+                .bind(joined(&o.abnormal_flags))
+                .bind(&o.status)
+                .bind(&o.observed_at)
+                .bind(joined(&o.notes))
+                .bind(now);
+        }
+        let mut chunk_ids = query.fetch_all(&mut **tx).await?;
+        // Row ids are given in VALUES order (one writer, max + 1 each);
+        // RETURNING itself promises no order.
+        chunk_ids.sort_unstable();
+        ids.extend(chunk_ids);
+    }
+    for (o, &id) in r.observations.iter().zip(&ids) {
         if o.is_correction() {
             // The latest earlier result of the same test in the same
             // order (by filler, placer or accession number).
@@ -484,6 +504,7 @@ pub(crate) async fn insert_report(
                 "UPDATE observations SET superseded_by = $1 WHERE id = (\
                  SELECT o.id FROM observations o JOIN reports r ON r.id = o.report_id \
                  WHERE o.patient_pk = $2 AND o.code IS $3 AND o.id <> $1 AND o.superseded_by IS NULL \
+                 AND o.report_id <> $7 \
                  AND ((r.filler_number IS NOT NULL AND r.filler_number = $4) \
                    OR (r.placer_number IS NOT NULL AND r.placer_number = $5) \
                    OR (r.accession_number IS NOT NULL AND r.accession_number = $6)) \
@@ -495,6 +516,7 @@ pub(crate) async fn insert_report(
             .bind(&r.filler_number)
             .bind(&r.placer_number)
             .bind(&r.accession_number)
+            .bind(report_id)
             .execute(&mut **tx)
             .await?;
         }
