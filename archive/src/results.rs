@@ -163,13 +163,11 @@ impl fmt::Display for MessageReceipt {
     }
 }
 
-/// Object key of a raw message whose SHA-256 is `sha256_hex`:
-/// `messages/sha256/ab/<sha256>`, one level of 256 folders where image
-/// blobs have two. A message is a few kilobytes and its sender waits for
-/// the ACK, so the fsyncs before it are the message's latency: under two
-/// levels nearly each of the first 65 536 messages made a new folder, whose
-/// entry in its parent had to be fsynced too. Keys are recorded with each
-/// message, so messages stored under the earlier two-level keys still read.
+/// Object key of a raw message stored on its own: `messages/sha256/ab/<sha256>`.
+/// A message is recorded under it while its bytes wait in the catalog's
+/// outbox; the mover then points it at its pack (`messages/packs/...`).
+/// Messages stored singly by earlier versions keep it (under one or two
+/// folder levels: keys are recorded per message) and still read.
 pub fn message_key(sha256_hex: &str) -> String {
     format!("messages/sha256/{}/{}", &sha256_hex[0..2], sha256_hex)
 }
