@@ -48,6 +48,9 @@ struct PortalPolicy;
 
 impl Policy for PortalPolicy {
     fn decide(&self, who: &Principal, action: Action, target: &Target) -> Result<(), String> {
+        if who.name == "portal" && target.patient.as_deref().is_some_and(|p| p != "P-2") {
+            return Err("the portal reads its own patient only".into());
+        }
         RolePolicy.decide(who, action, target)
     }
 
@@ -277,6 +280,20 @@ async fn reports_and_results_are_searchable_with_filters() {
         .get_as(&h.portal, "/api/search?q=consolidation&patient=P-1")
         .await;
     assert_eq!(a["total"], 0);
+    // A refused read is audited too.
+    let (status, _) = h.get_as(&h.portal, "/api/patients/P-1/results").await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert!(
+        h.audit
+            .0
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|(who, action, _, patient, status)| who == "portal"
+                && *action == Action::Read
+                && patient.as_deref() == Some("P-1")
+                && *status == 403)
+    );
 
     // Bad parameters: 400 with a reason; a forged token: 401.
     for bad in [

@@ -25,7 +25,8 @@ pub struct AuditEvent<'a> {
 
 impl AuditEvent<'_> {
     /// Whether this request is audited: reads and searches (what a patient
-    /// privacy officer asks about), whatever their outcome.
+    /// privacy officer asks about), whatever their outcome, refusals by the
+    /// policy included.
     pub fn is_audited(action: Action) -> bool {
         matches!(action, Action::Read | Action::Search)
     }

@@ -241,35 +241,34 @@ fn bearer(request: &Request) -> Result<&str, ApiError> {
 /// The layer: authenticate, find the route's action and target, ask the
 /// policy, and hand the principal to the handler (as an extension). A
 /// refusal is answered in the dialect of the path (an OperationOutcome
-/// under `/fhir/`).
+/// under `/fhir/`). Reads and searches are audited once answered, refused
+/// ones too (when the caller is known).
 pub async fn authorize(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let path = request.uri().path().to_owned();
-    match admit(&state, request).await {
-        Ok((request, audit)) => {
-            let response = next.run(request).await;
-            if let Some(a) = audit {
-                let target = response
-                    .extensions()
-                    .get::<AuditTarget>()
-                    .map_or(&a.target, |t| &t.0);
-                state.audit().record(&AuditEvent {
-                    principal: &a.principal,
-                    action: a.action,
-                    method: &a.method,
-                    route: &a.route,
-                    path: &a.path,
-                    target,
-                    status: response.status().as_u16(),
-                });
-            }
-            response
-        }
-        Err(e) => crate::fhir::error::api_error_for(&path, e),
+    let (response, audit) = match admit(&state, request).await {
+        Ok((request, audit)) => (next.run(request).await, audit),
+        Err((e, audit)) => (crate::fhir::error::api_error_for(&path, e), audit),
+    };
+    if let Some(a) = audit {
+        let target = response
+            .extensions()
+            .get::<AuditTarget>()
+            .map_or(&a.target, |t| &t.0);
+        state.audit().record(&AuditEvent {
+            principal: &a.principal,
+            action: a.action,
+            method: &a.method,
+            route: &a.route,
+            path: &a.path,
+            target,
+            status: response.status().as_u16(),
+        });
     }
+    response
 }
 
-/// An admitted request that is audited once answered.
-struct Admitted {
+/// A request to audit once answered.
+struct Audited {
     principal: Principal,
     action: Action,
     method: Method,
@@ -278,14 +277,16 @@ struct Admitted {
     target: Target,
 }
 
-async fn admit(
-    state: &AppState,
-    request: Request,
-) -> Result<(Request, Option<Admitted>), ApiError> {
+/// The admitted request, or the refusal; with what to audit either way.
+type Admission = Result<(Request, Option<Audited>), (ApiError, Option<Audited>)>;
+
+async fn admit(state: &AppState, request: Request) -> Admission {
+    let token = bearer(&request).map_err(|e| (e, None))?;
     let principal = state
         .tokens()
-        .authenticate(state.archive().catalog(), bearer(&request)?)
-        .await?;
+        .authenticate(state.archive().catalog(), token)
+        .await
+        .map_err(|e| (e, None))?;
     let (mut parts, body) = request.into_parts();
     let params = RawPathParams::from_request_parts(&mut parts, state)
         .await
@@ -293,13 +294,14 @@ async fn admit(
     let mut request = Request::from_parts(parts, body);
     let matched = request.extensions().get::<MatchedPath>().cloned();
     let route = matched.as_ref().map(MatchedPath::as_str).unwrap_or("");
-    let action = action_for(request.method(), route).ok_or_else(|| {
-        ApiError::Forbidden(format!(
+    let Some(action) = action_for(request.method(), route) else {
+        let e = ApiError::Forbidden(format!(
             "{} {} is not an allowed operation",
             request.method(),
             route
-        ))
-    })?;
+        ));
+        return Err((e, None));
+    };
     let param = |wanted: &str| {
         params.as_ref().and_then(|p| {
             p.iter()
@@ -311,11 +313,8 @@ async fn admit(
         study: param("study"),
         patient: param("patient"),
     };
-    state
-        .policy()
-        .decide(&principal, action, &target)
-        .map_err(ApiError::Forbidden)?;
-    let audit = AuditEvent::is_audited(action).then(|| Admitted {
+    let decision = state.policy().decide(&principal, action, &target);
+    let audit = AuditEvent::is_audited(action).then(|| Audited {
         principal: principal.clone(),
         action,
         method: request.method().clone(),
@@ -323,6 +322,9 @@ async fn admit(
         path: request.uri().path().to_owned(),
         target,
     });
+    if let Err(why) = decision {
+        return Err((ApiError::Forbidden(why), audit));
+    }
     request.extensions_mut().insert(principal);
     Ok((request, audit))
 }
