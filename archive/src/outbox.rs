@@ -14,6 +14,7 @@ use bytes::Bytes;
 
 use crate::catalog::Catalog;
 use crate::error::ArchiveError;
+use crate::on_rayon;
 use crate::retrieve::sha256_hex;
 use crate::store::ObjectStore;
 
@@ -75,17 +76,18 @@ pub(crate) async fn move_batch(
     if rows.is_empty() {
         return Ok(0);
     }
-    let mut pack = Vec::with_capacity(rows.iter().map(|(_, _, d)| d.len()).sum());
-    let mut members = Vec::with_capacity(rows.len());
-    for (sha256, _, data) in &rows {
-        members.push((sha256.clone(), pack.len() as u64));
-        pack.extend_from_slice(data);
-    }
-    let key = pack_key(&sha256_hex(&pack));
-    store
-        .put(&key, Bytes::from(pack))
-        .await
-        .map_err(ArchiveError::Store)?;
+    // A pack is up to a few megabytes: joined and hashed off the runtime.
+    let (key, pack, members) = on_rayon(move || {
+        let mut pack = Vec::with_capacity(rows.iter().map(|(_, _, d)| d.len()).sum());
+        let mut members = Vec::with_capacity(rows.len());
+        for (sha256, _, data) in &rows {
+            members.push((sha256.clone(), pack.len() as u64));
+            pack.extend_from_slice(data);
+        }
+        (pack_key(&sha256_hex(&pack)), Bytes::from(pack), members)
+    })
+    .await;
+    store.put(&key, pack).await.map_err(ArchiveError::Store)?;
     catalog.record_pack(&key, &members).await?;
     Ok(members.len())
 }
