@@ -85,8 +85,7 @@ async fn record(archive: &Archive, m: ResultMessage) {
     );
 }
 
-fn search(index: &StudyIndex, q: &str, kinds: &[DocKind]) -> TextSearch {
-    let _ = index;
+fn search(q: &str, kinds: &[DocKind]) -> TextSearch {
     TextSearch {
         q: q.into(),
         kinds: kinds.to_vec(),
@@ -205,7 +204,7 @@ async fn reports_and_lab_panels_are_found_and_linked_to_their_studies() {
     // The report, before its images: found by a word of its text in any
     // case and accent form, not yet linked.
     let page = index
-        .search_text(&search(&index, "pneumothorax", &[DocKind::Report]))
+        .search_text(&search("pneumothorax", &[DocKind::Report]))
         .unwrap();
     assert_eq!(page.total, 1);
     let hit = &page.hits[0];
@@ -213,36 +212,33 @@ async fn reports_and_lab_panels_are_found_and_linked_to_their_studies() {
     assert_eq!(report.study_instance_uid, None);
     assert!(hit.snippet.contains("<b>"), "{}", hit.snippet);
     assert_eq!(
-        report_ids(
-            &index,
-            &search(&index, "angstrom elise", &[DocKind::Report])
-        ),
+        report_ids(&index, &search("angstrom elise", &[DocKind::Report])),
         [report.report_id]
     );
     // Words match by their stem.
     assert_eq!(
-        report_ids(&index, &search(&index, "impressions", &[])),
+        report_ids(&index, &search("impressions", &[])),
         [report.report_id]
     );
     // Every word must match; a word nowhere matches nothing.
-    assert!(report_ids(&index, &search(&index, "pneumothorax fracture", &[])).is_empty());
+    assert!(report_ids(&index, &search("pneumothorax fracture", &[])).is_empty());
 
     // Lab panels by test name and by LOINC code; the patient filter.
-    let hemoglobin = report_ids(&index, &search(&index, "HEMOGLOBIN", &[DocKind::Lab]));
+    let hemoglobin = report_ids(&index, &search("HEMOGLOBIN", &[DocKind::Lab]));
     assert_eq!(hemoglobin.len(), 2);
     assert_eq!(
-        report_ids(&index, &search(&index, "718-7", &[DocKind::Lab])).len(),
+        report_ids(&index, &search("718-7", &[DocKind::Lab])).len(),
         2
     );
     let mine = TextSearch {
         patient_ids: Some(vec![patient_id.clone()]),
-        ..search(&index, "hemoglobin", &[])
+        ..search("hemoglobin", &[])
     };
     assert_eq!(report_ids(&index, &mine).len(), 1);
     let in_2023 = TextSearch {
         date_from: Some("20230101".into()),
         date_to: Some("2023-12-31".into()),
-        ..search(&index, "hemoglobin", &[])
+        ..search("hemoglobin", &[])
     };
     let hits = index.search_text(&in_2023).unwrap().hits;
     assert_eq!(hits.len(), 1);
@@ -272,7 +268,7 @@ async fn reports_and_lab_panels_are_found_and_linked_to_their_studies() {
     assert_eq!(page.studies[0].study_instance_uid, study_uid);
     let ct_reports = TextSearch {
         modality: Some("CT".into()),
-        ..search(&index, "pneumothorax", &[DocKind::Report])
+        ..search("pneumothorax", &[DocKind::Report])
     };
     let hits = index.search_text(&ct_reports).unwrap().hits;
     assert_eq!(hits.len(), 1);
@@ -287,12 +283,12 @@ async fn reports_and_lab_panels_are_found_and_linked_to_their_studies() {
     );
     let mr_reports = TextSearch {
         modality: Some("MR".into()),
-        ..search(&index, "pneumothorax", &[DocKind::Report])
+        ..search("pneumothorax", &[DocKind::Report])
     };
     assert_eq!(index.search_text(&mr_reports).unwrap().total, 0);
     // Without kinds: the study and the report.
     let kinds: Vec<DocKind> = index
-        .search_text(&search(&index, "pneumothorax", &[]))
+        .search_text(&search("pneumothorax", &[]))
         .unwrap()
         .hits
         .iter()
@@ -301,9 +297,7 @@ async fn reports_and_lab_panels_are_found_and_linked_to_their_studies() {
     assert_eq!(kinds.len(), 2, "{kinds:?}");
     assert!(kinds.contains(&DocKind::Study) && kinds.contains(&DocKind::Report));
     // No query text: everything that passes the filters, newest first.
-    let all = index
-        .search_text(&search(&index, "", &[DocKind::Lab]))
-        .unwrap();
+    let all = index.search_text(&search("", &[DocKind::Lab])).unwrap();
     assert_eq!(all.total, 2);
     let dates: Vec<String> = all
         .hits

@@ -272,24 +272,22 @@ macro_rules! bound {
 
 /// Reports with their patient row, issuer and message: [`REPORT_COLUMNS`]
 /// then those three.
-fn report_select() -> String {
-    format!(
-        "SELECT {REPORT_COLUMNS}, r.patient_pk, p.issuer_of_patient_id, r.message_id \
-         FROM reports r JOIN patients p ON p.id = r.patient_pk"
-    )
+fn report_columns() -> String {
+    format!("{REPORT_COLUMNS}, r.patient_pk, p.issuer_of_patient_id, r.message_id")
 }
+
+const REPORTS_FROM: &str = "reports r JOIN patients p ON p.id = r.patient_pk";
 
 /// Results with their patient: [`OBSERVATION_COLUMNS`] then the patient
 /// row, Patient ID and issuer.
-fn observation_select() -> String {
-    format!(
-        "SELECT {OBSERVATION_COLUMNS}, o.patient_pk, p.patient_id, p.issuer_of_patient_id \
-         FROM observations o JOIN patients p ON p.id = o.patient_pk"
-    )
+fn observation_columns() -> String {
+    format!("{OBSERVATION_COLUMNS}, o.patient_pk, p.patient_id, p.issuer_of_patient_id")
 }
 
-const PATIENT_SELECT: &str = "SELECT p.id, p.patient_id, p.issuer_of_patient_id, \
-     p.patient_name, p.birth_date, p.sex FROM patients p";
+const OBSERVATIONS_FROM: &str = "observations o JOIN patients p ON p.id = o.patient_pk";
+
+const PATIENT_COLUMNS: &str =
+    "p.id, p.patient_id, p.issuer_of_patient_id, p.patient_name, p.birth_date, p.sex";
 
 fn report_of(r: &SqliteRow) -> Result<ReportRecord, ArchiveError> {
     Ok(ReportRecord {
@@ -322,6 +320,34 @@ fn patient_of(r: &SqliteRow) -> Result<PatientRecord, ArchiveError> {
 }
 
 impl Catalog {
+    /// One page: how many rows of `from` pass `c`, and the rows
+    /// `(limit, offset)` of them in `order`, each read by `read`.
+    async fn page<T>(
+        &self,
+        mut c: Conditions,
+        columns: &str,
+        from: &str,
+        order: &str,
+        (limit, offset): (i64, i64),
+        read: fn(&SqliteRow) -> Result<T, ArchiveError>,
+    ) -> Result<Page<T>, ArchiveError> {
+        let filter = c.sql();
+        let count_sql = format!("SELECT COUNT(*) FROM {from}{filter}");
+        let total: i64 = bound!(sqlx::query_scalar(&count_sql), &c.binds)
+            .fetch_one(&self.reader)
+            .await?;
+        let limit = c.int(limit);
+        let offset = c.int(offset);
+        let sql = format!(
+            "SELECT {columns} FROM {from}{filter} ORDER BY {order} LIMIT {limit} OFFSET {offset}"
+        );
+        let rows = bound!(sqlx::query(&sql), &c.binds)
+            .fetch_all(&self.reader)
+            .await?;
+        let items = rows.iter().map(read).collect::<Result<Vec<_>, _>>()?;
+        Ok(Page { total, items })
+    }
+
     /// One page of reports matching `search`, oldest row first, each with
     /// its results' ids.
     pub async fn fhir_reports(
@@ -330,25 +356,18 @@ impl Catalog {
     ) -> Result<Page<ReportRecord>, ArchiveError> {
         let mut c = Conditions::default();
         c.result_search("r", search, "service_code", "service_system");
-        let filter = c.sql();
-        let count_sql = format!(
-            "SELECT COUNT(*) FROM reports r JOIN patients p ON p.id = r.patient_pk{filter}"
-        );
-        let total: i64 = bound!(sqlx::query_scalar(&count_sql), &c.binds)
-            .fetch_one(&self.reader)
+        let mut page = self
+            .page(
+                c,
+                &report_columns(),
+                REPORTS_FROM,
+                "r.id",
+                (search.limit, search.offset),
+                report_of,
+            )
             .await?;
-        let limit = c.int(search.limit);
-        let offset = c.int(search.offset);
-        let sql = format!(
-            "{}{filter} ORDER BY r.id LIMIT {limit} OFFSET {offset}",
-            report_select()
-        );
-        let rows = bound!(sqlx::query(&sql), &c.binds)
-            .fetch_all(&self.reader)
-            .await?;
-        let mut items = rows.iter().map(report_of).collect::<Result<Vec<_>, _>>()?;
-        self.attach_results(&mut items).await?;
-        Ok(Page { total, items })
+        self.attach_results(&mut page.items).await?;
+        Ok(page)
     }
 
     /// One report by row id.
@@ -368,7 +387,10 @@ impl Catalog {
         &self,
         message_id: i64,
     ) -> Result<Vec<ReportRecord>, ArchiveError> {
-        let sql = format!("{} WHERE r.message_id = $1 ORDER BY r.id", report_select());
+        let sql = format!(
+            "SELECT {} FROM {REPORTS_FROM} WHERE r.message_id = $1 ORDER BY r.id",
+            report_columns()
+        );
         let rows = sqlx::query(&sql)
             .bind(message_id)
             .fetch_all(&self.reader)
@@ -411,27 +433,15 @@ impl Catalog {
         if search.current_only {
             c.push("o.superseded_by IS NULL".into());
         }
-        let filter = c.sql();
-        let count_sql = format!(
-            "SELECT COUNT(*) FROM observations o JOIN patients p ON p.id = o.patient_pk{filter}"
-        );
-        let total: i64 = bound!(sqlx::query_scalar(&count_sql), &c.binds)
-            .fetch_one(&self.reader)
-            .await?;
-        let limit = c.int(search.limit);
-        let offset = c.int(search.offset);
-        let sql = format!(
-            "{}{filter} ORDER BY o.id LIMIT {limit} OFFSET {offset}",
-            observation_select()
-        );
-        let rows = bound!(sqlx::query(&sql), &c.binds)
-            .fetch_all(&self.reader)
-            .await?;
-        let items = rows
-            .iter()
-            .map(observation_of)
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(Page { total, items })
+        self.page(
+            c,
+            &observation_columns(),
+            OBSERVATIONS_FROM,
+            "o.id",
+            (search.limit, search.offset),
+            observation_of,
+        )
+        .await
     }
 
     /// One result by row id, superseded or not.
@@ -460,19 +470,15 @@ impl Catalog {
         if let Some(scope) = &search.scope {
             c.texts_in("p.patient_id", scope);
         }
-        let filter = c.sql();
-        let count_sql = format!("SELECT COUNT(*) FROM patients p{filter}");
-        let total: i64 = bound!(sqlx::query_scalar(&count_sql), &c.binds)
-            .fetch_one(&self.reader)
-            .await?;
-        let limit = c.int(search.limit);
-        let offset = c.int(search.offset);
-        let sql = format!("{PATIENT_SELECT}{filter} ORDER BY p.id LIMIT {limit} OFFSET {offset}");
-        let rows = bound!(sqlx::query(&sql), &c.binds)
-            .fetch_all(&self.reader)
-            .await?;
-        let items = rows.iter().map(patient_of).collect::<Result<Vec<_>, _>>()?;
-        Ok(Page { total, items })
+        self.page(
+            c,
+            PATIENT_COLUMNS,
+            "patients p",
+            "p.id",
+            (search.limit, search.offset),
+            patient_of,
+        )
+        .await
     }
 
     /// One patient by row id.
