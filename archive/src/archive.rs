@@ -8,6 +8,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use tokio::sync::Semaphore;
 
+use crate::blob::{self, compress_blob, compress_frames};
 use crate::catalog::{BlobRecord, Catalog, CatalogStats, RecordOutcome};
 use crate::catalog::{MessageBlob, MessageLocation, MessageOutcome};
 use crate::config::{ArchiveConfig, StorageBackend};
@@ -256,9 +257,14 @@ impl Archive {
                     sop_instance_uid: Some(a.sop_instance_uid),
                 });
             }
-            let level = ingest_config.zstd_level_for(&parsed.attributes.transfer_syntax_uid);
-            let (sha256, compressed) =
-                rayon::join(|| sha256_hex(data), || compress_frames(data, level));
+            let levels = blob::Levels {
+                bytes: ingest_config.zstd_level_for(&parsed.attributes.transfer_syntax_uid),
+                planes: ingest_config.zstd_level_pixel_planes,
+            };
+            let (sha256, compressed) = rayon::join(
+                || sha256_hex(data),
+                || blob::encode(data, parsed.pixel_planes, levels),
+            );
             Ok::<_, Refusal>((parsed, sha256, compressed))
         })
         .await;
@@ -327,6 +333,11 @@ impl Archive {
             blob_key: key,
             original_size: bytes.len() as u64,
             stored_size: compressed.len() as u64,
+            compression: if blob::is_planar(&compressed) {
+                "zstd-planar"
+            } else {
+                "zstd"
+            },
         };
         match catalog
             .record_instance_with_report(
@@ -640,43 +651,6 @@ impl Archive {
 /// (the HL7 listener parses messages under 64 KB inline for the same reason).
 const INLINE_MESSAGE_LIMIT: usize = 64 * 1024;
 
-/// Objects are compressed in independent zstd frames of at least this many
-/// bytes, so one large object (a 10 MB radiograph, a cine loop) uses every
-/// core; the concatenated frames decompress as one stream.
-const MIN_FRAME: usize = 256 * 1024;
-
-/// zstd-compress `data` as concatenated frames, halves in parallel on rayon.
-fn compress_frames(data: &[u8], level: i32) -> std::io::Result<Vec<u8>> {
-    if data.len() < 2 * MIN_FRAME {
-        return compress_blob(data, level);
-    }
-    let mid = data.len() / 2;
-    let (first, second) = rayon::join(
-        || compress_frames(&data[..mid], level),
-        || compress_frames(&data[mid..], level),
-    );
-    let mut out = first?;
-    out.extend_from_slice(&second?);
-    Ok(out)
-}
-
-/// zstd-compress a blob with a compression context kept per rayon thread
-/// (creating one per object costs megabytes of fresh pages each time).
-fn compress_blob(data: &[u8], level: i32) -> std::io::Result<Vec<u8>> {
-    thread_local! {
-        static COMPRESSOR: std::cell::RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> =
-            const { std::cell::RefCell::new(None) };
-    }
-    COMPRESSOR.with(|cell| {
-        let mut slot = cell.borrow_mut();
-        if slot.as_ref().is_none_or(|(l, _)| *l != level) {
-            *slot = Some((level, zstd::bulk::Compressor::new(level)?));
-        }
-        let (_, compressor) = slot.as_mut().expect("set above");
-        compressor.compress(data)
-    })
-}
-
 /// Decompress a raw message's bytes and check them against its SHA-256.
 async fn decode_message(at: MessageLocation, blob: Bytes) -> Result<Bytes, ArchiveError> {
     on_rayon(move || {
@@ -689,30 +663,4 @@ async fn decode_message(at: MessageLocation, blob: Bytes) -> Result<Bytes, Archi
         )
     })
     .await
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn framed_compression_roundtrips_through_one_decompression() {
-        let data: Vec<u8> = (0..3 * MIN_FRAME + 12_345)
-            .map(|i| ((i * 7919) % 251) as u8 ^ (i / 4096) as u8)
-            .collect();
-        let compressed = compress_frames(&data, 3).unwrap();
-        // Several frames ...
-        let single = compress_blob(&data, 3).unwrap();
-        assert_ne!(compressed, single);
-        // ... that one bulk decompression with the known size restores.
-        assert_eq!(
-            zstd::bulk::decompress(&compressed, data.len()).unwrap(),
-            data
-        );
-        let small = b"short object".to_vec();
-        assert_eq!(
-            zstd::bulk::decompress(&compress_frames(&small, 3).unwrap(), small.len()).unwrap(),
-            small
-        );
-    }
 }

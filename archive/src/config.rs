@@ -104,6 +104,11 @@ pub struct IngestConfig {
     /// (JPEG, JPEG-LS, JPEG 2000, RLE, deflate, video): zstd gains little on
     /// them, so a fast level saves CPU.
     pub zstd_level_compressed_syntaxes: i32,
+    /// zstd level for native pixel data of 16 bits or more per sample, which
+    /// is stored as separate byte planes (see `pacs_archive::blob`): split,
+    /// level 1 stores a CT in less than level 3 does interleaved, at several
+    /// times the speed.
+    pub zstd_level_pixel_planes: i32,
     /// Most instances being parsed, hashed, compressed and stored at once;
     /// further ingests wait (back-pressure on the sender). 0 = 4 x cores.
     pub max_in_flight: usize,
@@ -120,6 +125,7 @@ impl Default for IngestConfig {
         IngestConfig {
             zstd_level: 3,
             zstd_level_compressed_syntaxes: 1,
+            zstd_level_pixel_planes: 1,
             max_in_flight: 0,
             allow_replace: false,
             bulk_data_threshold: 1024,

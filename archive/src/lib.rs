@@ -1,5 +1,6 @@
 #![doc = include_str!("../README.md")]
 
+pub mod blob;
 pub mod catalog;
 pub mod config;
 pub mod error;

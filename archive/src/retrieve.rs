@@ -39,14 +39,7 @@ pub fn decode_verified(
         blob_key: blob_key.to_owned(),
         detail,
     };
-    let original = zstd::bulk::decompress(blob, original_size.max(0) as usize)
-        .map_err(|e| integrity(format!("blob does not decompress: {e}")))?;
-    if original.len() as i64 != original_size {
-        return Err(integrity(format!(
-            "decompressed to {} bytes, expected {original_size}",
-            original.len()
-        )));
-    }
+    let original = crate::blob::decode(blob, original_size.max(0) as usize).map_err(integrity)?;
     let actual = sha256_hex(&original);
     if actual != sha256 {
         return Err(integrity(format!("SHA-256 is {actual}, expected {sha256}")));

@@ -79,6 +79,44 @@ async fn filesystem_backend_roundtrip() {
     let dir = tempfile::tempdir().unwrap();
     let archive = fs_archive(dir.path()).await;
     roundtrip_every_fixture(&archive).await;
+
+    // Native 16-bit images are stored as byte planes; everything else (8-bit
+    // RGB, encapsulated, deflated, reports) as plain zstd that `zstd -d`
+    // restores.
+    let mut planar = 0;
+    for file in DatasetSpec::small().iter() {
+        let sha = pacs_archive::retrieve::sha256_hex(&file.bytes);
+        let blob = std::fs::read(
+            dir.path()
+                .join("objects")
+                .join(pacs_archive::store::blob_key(&sha)),
+        )
+        .unwrap();
+        let native = [ts::IMPLICIT_VR_LE, ts::EXPLICIT_VR_LE, ts::EXPLICIT_VR_BE]
+            .contains(&file.transfer_syntax);
+        let sixteen_bit = matches!(file.kind, Kind::Ct | Kind::Mr | Kind::Cr);
+        if native && sixteen_bit {
+            assert!(
+                pacs_archive::blob::is_planar(&blob),
+                "{} not planar",
+                file.file_name
+            );
+            planar += 1;
+        } else {
+            assert!(
+                !pacs_archive::blob::is_planar(&blob),
+                "{} planar",
+                file.file_name
+            );
+            assert_eq!(
+                zstd::bulk::decompress(&blob, file.bytes.len()).unwrap(),
+                file.bytes,
+                "{}",
+                file.file_name
+            );
+        }
+    }
+    assert!(planar > 0);
 }
 
 #[tokio::test]

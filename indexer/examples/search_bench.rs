@@ -134,6 +134,7 @@ async fn main() {
         blob_key: "blobs/sha256/00/00/0".into(),
         original_size: 1,
         stored_size: 1,
+        compression: "zstd",
     };
     let source = IngestSource::Other("bench".into());
     let mut tasks = tokio::task::JoinSet::new();

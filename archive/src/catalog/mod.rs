@@ -66,6 +66,9 @@ pub struct BlobRecord {
     pub blob_key: String,
     pub original_size: u64,
     pub stored_size: u64,
+    /// How the blob is compressed: `zstd`, or `zstd-planar` (see
+    /// `crate::blob`). Informational: the blob itself tells on reading.
+    pub compression: &'static str,
 }
 
 /// The outcome of recording an instance.
@@ -552,10 +555,11 @@ async fn record_in_tx(
     .await?;
     let blob_inserted = sqlx::query(
         "INSERT INTO blobs (sha256, blob_key, compression, original_size, stored_size, created_at) \
-         VALUES ($1, $2, 'zstd', $3, $4, $5) ON CONFLICT (sha256) DO NOTHING",
+         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (sha256) DO NOTHING",
     )
     .bind(&rec.blob.sha256)
     .bind(&rec.blob.blob_key)
+    .bind(rec.blob.compression)
     .bind(rec.blob.original_size as i64)
     .bind(rec.blob.stored_size as i64)
     .bind(&now)

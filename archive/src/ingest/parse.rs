@@ -18,6 +18,7 @@ use dicom_object::{FileMetaTable, FileMetaTableBuilder, InMemDicomObject, OpenFi
 use super::document::{self, ReportDocument};
 use super::structure;
 use super::{IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME};
+use crate::blob::PixelPlanes;
 use crate::model::{InstanceAttributes, RefusalReason, check_uid, uid_has_leading_zero};
 
 /// A parsed, validated object.
@@ -29,6 +30,8 @@ pub struct ParsedObject {
     /// The report it holds, for an SR or Encapsulated PDF whose text could
     /// be read.
     pub document: Option<ReportDocument>,
+    /// Native pixel data with multi-byte samples, stored as byte planes.
+    pub pixel_planes: Option<PixelPlanes>,
 }
 
 fn error_chain(err: &dyn std::error::Error) -> String {
@@ -103,17 +106,22 @@ fn check_structure(after_magic: &[u8]) -> Result<CheckedObject, RefusalReason> {
         let reader = flate2::read::DeflateDecoder::new(dataset);
         std::io::Read::read_to_end(&mut std::io::Read::take(reader, cap), &mut inflated)
             .map_err(|e| RefusalReason::Unparseable(format!("deflated data set: {e}")))?;
-        let pixel_data_vr =
+        let pixel_data =
             structure::check_dataset(&inflated, EXPLICIT_VR_LE).map_err(structure_error)?;
         Ok(CheckedObject {
-            pixel_data_vr,
+            pixel_data_vr: pixel_data.map(|p| p.vr),
+            // Its bytes are deflated in the object: nothing to split.
+            pixel_value: None,
             inflated: Some(inflated),
         })
     } else {
-        let pixel_data_vr =
+        let pixel_data =
             structure::check_dataset(dataset, &transfer_syntax).map_err(structure_error)?;
         Ok(CheckedObject {
-            pixel_data_vr,
+            pixel_data_vr: pixel_data.as_ref().map(|p| p.vr),
+            pixel_value: pixel_data
+                .and_then(|p| p.value)
+                .map(|v| v.start + offset..v.end + offset),
             inflated: None,
         })
     }
@@ -121,6 +129,8 @@ fn check_structure(after_magic: &[u8]) -> Result<CheckedObject, RefusalReason> {
 
 struct CheckedObject {
     pixel_data_vr: Option<VR>,
+    /// Where a native Pixel Data value lies, counted from after `DICM`.
+    pixel_value: Option<std::ops::Range<usize>>,
     inflated: Option<Vec<u8>>,
 }
 
@@ -206,6 +216,7 @@ pub fn parse_part10(
     };
     let checked = check_structure(&bytes[start + 4..])?;
     let pixel_data_vr = checked.pixel_data_vr;
+    let pixel_value = checked.pixel_value;
     let unparseable = |e: &dyn std::error::Error| RefusalReason::Unparseable(error_chain(e));
     let (meta, mut obj) = match checked.inflated {
         None => {
@@ -274,6 +285,15 @@ pub fn parse_part10(
         );
     }
 
+    let pixel_planes = pixel_value.and_then(|v| {
+        // Offsets in `bytes`: the value's, after the preamble and `DICM`.
+        PixelPlanes::for_value(
+            start + 4 + v.start,
+            v.len(),
+            integer(&obj, tags::BITS_ALLOCATED),
+        )
+    });
+
     // Before the bulk data goes: the EncapsulatedDocument is bulk data.
     let document = document::extract(&obj, &attributes.sop_class_uid);
 
@@ -316,5 +336,6 @@ pub fn parse_part10(
         attributes,
         metadata_json,
         document,
+        pixel_planes,
     })
 }

@@ -27,8 +27,17 @@ struct Encoding {
 struct Walker<'a> {
     data: &'a [u8],
     pos: usize,
-    /// VR of the top-level Pixel Data element, once seen.
-    pixel_data: Option<VR>,
+    /// The top-level Pixel Data element, once seen.
+    pixel_data: Option<PixelData>,
+}
+
+/// The top-level Pixel Data element of a data set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PixelData {
+    pub vr: VR,
+    /// Where its value lies in the data set, for a native (defined-length)
+    /// value; `None` for encapsulated fragments.
+    pub value: Option<std::ops::Range<usize>>,
 }
 
 type Check<T> = Result<T, String>;
@@ -143,11 +152,16 @@ impl<'a> Walker<'a> {
             };
             let is_pixel_data = tag == (0x7FE0, 0x0010);
             if is_pixel_data && depth == 0 {
-                self.pixel_data = Some(match vr {
-                    Some(vr) if enc.explicit => vr,
-                    // Implicit VR: OW (PS3.5 A.1); encapsulated: OB.
-                    _ if len == UNDEFINED => VR::OB,
-                    _ => VR::OW,
+                let value = (len != UNDEFINED && len as usize <= end.saturating_sub(self.pos))
+                    .then(|| self.pos..self.pos + len as usize);
+                self.pixel_data = Some(PixelData {
+                    vr: match vr {
+                        Some(vr) if enc.explicit => vr,
+                        // Implicit VR: OW (PS3.5 A.1); encapsulated: OB.
+                        _ if len == UNDEFINED => VR::OB,
+                        _ => VR::OW,
+                    },
+                    value,
                 });
             }
             if len == UNDEFINED {
@@ -271,7 +285,7 @@ pub fn is_deflated(transfer_syntax_uid: &str) -> bool {
 
 /// Check the element structure of a (non-deflated) data set; returns the VR
 /// of its Pixel Data element, if it has one.
-pub fn check_dataset(dataset: &[u8], transfer_syntax_uid: &str) -> Check<Option<VR>> {
+pub fn check_dataset(dataset: &[u8], transfer_syntax_uid: &str) -> Check<Option<PixelData>> {
     let mut walker = Walker {
         data: dataset,
         pos: 0,
