@@ -263,20 +263,27 @@ pub fn compress_frames(data: &[u8], level: i32) -> std::io::Result<Vec<u8>> {
     Ok(out)
 }
 
-/// zstd-compress one frame with a compression context kept per thread
-/// (creating one per object costs megabytes of fresh pages each time).
+/// zstd-compress one frame with a compression context kept per thread and
+/// level (creating one per object costs megabytes of fresh pages each
+/// time; an object's planes and its other bytes use two levels).
 pub fn compress_blob(data: &[u8], level: i32) -> std::io::Result<Vec<u8>> {
+    type Cached = Vec<(i32, zstd::bulk::Compressor<'static>)>;
     thread_local! {
-        static COMPRESSOR: std::cell::RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> =
-            const { std::cell::RefCell::new(None) };
+        static COMPRESSORS: std::cell::RefCell<Cached> = const { std::cell::RefCell::new(Vec::new()) };
     }
-    COMPRESSOR.with(|cell| {
-        let mut slot = cell.borrow_mut();
-        if slot.as_ref().is_none_or(|(l, _)| *l != level) {
-            *slot = Some((level, zstd::bulk::Compressor::new(level)?));
-        }
-        let (_, compressor) = slot.as_mut().expect("set above");
-        compressor.compress(data)
+    COMPRESSORS.with(|cell| {
+        let mut cached = cell.borrow_mut();
+        let at = match cached.iter().position(|(l, _)| *l == level) {
+            Some(at) => at,
+            None => {
+                if cached.len() >= 3 {
+                    cached.remove(0);
+                }
+                cached.push((level, zstd::bulk::Compressor::new(level)?));
+                cached.len() - 1
+            }
+        };
+        cached[at].1.compress(data)
     })
 }
 

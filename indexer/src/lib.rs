@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::ops::{Deref, DerefMut};
 use std::path::Path;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use pacs_archive::catalog::{Catalog, ReportRecord};
@@ -94,6 +94,8 @@ struct Inner {
     writer: Mutex<Option<IndexWriter>>,
     /// The last change seq reflected in committed, searchable state.
     indexed_seq: AtomicI64,
+    /// Commits since opening (each writes and syncs a segment).
+    commits: AtomicU64,
     /// Serialises catch-ups and rebuilds (read feed -> write -> commit).
     apply: tokio::sync::Mutex<()>,
 }
@@ -156,6 +158,7 @@ impl StudyIndex {
                 reader,
                 writer: Mutex::new(None),
                 indexed_seq: AtomicI64::new(seq),
+                commits: AtomicU64::new(0),
                 apply: tokio::sync::Mutex::new(()),
             }),
         }))
@@ -208,6 +211,7 @@ impl StudyIndex {
             reader,
             writer: Mutex::new(Some(writer)),
             indexed_seq: AtomicI64::new(seq),
+            commits: AtomicU64::new(0),
             apply: tokio::sync::Mutex::new(()),
         };
         if fresh {
@@ -225,6 +229,12 @@ impl StudyIndex {
     }
 
     /// Number of studies in the searchable state.
+    /// Commits made since the index was opened (a metric: each commit
+    /// writes and syncs a new segment).
+    pub fn commits(&self) -> u64 {
+        self.inner.commits.load(Ordering::Relaxed)
+    }
+
     pub fn num_studies(&self) -> u64 {
         self.count(DocKind::Study)
     }
@@ -278,8 +288,12 @@ impl StudyIndex {
                 report_ids.dedup();
                 let docs = documents(catalog, &uids, &report_ids).await?;
                 uncommitted += changes.len() as u64;
-                let commit = (uncommitted >= COMMIT_EVERY || (changes.len() as i64) < CHANGE_BATCH)
-                    .then_some(last);
+                // A short batch is the end of the feed for now: stop and
+                // commit once below. Going on while changes trickle in
+                // would commit a tiny segment for each of them (under a
+                // steady C-STORE stream, one per instance).
+                let at_end = (changes.len() as i64) < CHANGE_BATCH;
+                let commit = (uncommitted >= COMMIT_EVERY && !at_end).then_some(last);
                 self.blocking(move |inner| {
                     let mut writer = inner.lock_writer()?;
                     // Studies and reports no longer in the catalog are removed too.
@@ -304,6 +318,9 @@ impl StudyIndex {
                 }
                 seq = last;
                 applied += changes.len() as u64;
+                if at_end {
+                    break;
+                }
             }
             if uncommitted > 0 {
                 self.blocking(move |inner| inner.commit(&mut *inner.lock_writer()?, seq))
@@ -552,6 +569,7 @@ impl Inner {
         prepared.commit()?;
         self.reader.reload()?;
         self.indexed_seq.store(seq, Ordering::Release);
+        self.commits.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 

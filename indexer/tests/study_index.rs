@@ -709,3 +709,41 @@ async fn the_follower_makes_an_acknowledged_instance_searchable_within_a_second(
     follower.abort();
     let _ = follower.await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_catch_up_commits_once_while_changes_keep_arriving() {
+    let s = setup(DatasetSpec {
+        patients: 1,
+        studies_per_patient: 1,
+        ..spec(21)
+    })
+    .await;
+    // Instances keep arriving, one after another, while the index catches
+    // up again and again: each catch-up stops at the end of the feed it
+    // finds and commits once (a commit per trickling change would write a
+    // segment per instance).
+    let stream: Vec<FixtureFile> = spec(22).iter().take(120).collect();
+    let archive = s.archive.clone();
+    let sender = tokio::spawn(async move {
+        for file in &stream {
+            ingest(&archive, file).await;
+        }
+    });
+    let mut calls = 0u64;
+    while !sender.is_finished() {
+        s.index.catch_up(s.catalog()).await.unwrap();
+        calls += 1;
+    }
+    sender.await.unwrap();
+    s.index.catch_up(s.catalog()).await.unwrap();
+    calls += 1;
+    assert_eq!(
+        s.index.indexed_seq(),
+        s.catalog().last_change_seq().await.unwrap()
+    );
+    assert!(
+        s.index.commits() <= calls,
+        "{} commits in {calls} catch-ups",
+        s.index.commits()
+    );
+}

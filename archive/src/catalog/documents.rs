@@ -17,7 +17,8 @@ pub(crate) const DICOM_SENDER: &str = "dicom";
 /// Their `messages.format`.
 pub(crate) const DICOM_FORMAT: &str = "dicom";
 
-/// Record the report of a new or replaced instance; returns its report id.
+/// Record the report of a new or replaced instance; returns the seq of the
+/// change-feed entry it appended, if any.
 ///
 /// A new instance gets a message and a report. A replaced instance (an
 /// allowed replacement with other content) updates both: the message points
@@ -51,7 +52,7 @@ pub(crate) async fn record_document(
                 .bind(report_id)
                 .execute(&mut **tx)
                 .await?;
-            append_report_change(
+            let seq = append_report_change(
                 tx,
                 "report-stored",
                 report_id,
@@ -59,6 +60,7 @@ pub(crate) async fn record_document(
                 now,
             )
             .await?;
+            return Ok(Some(seq));
         }
         return Ok(None);
     };
@@ -144,7 +146,7 @@ pub(crate) async fn record_document(
             .await?
         }
     };
-    append_report_change(
+    let seq = append_report_change(
         tx,
         "report-stored",
         report_id,
@@ -152,5 +154,5 @@ pub(crate) async fn record_document(
         now,
     )
     .await?;
-    Ok(Some(report_id))
+    Ok(Some(seq))
 }

@@ -9,7 +9,7 @@ use sqlx::{Sqlite, Transaction};
 use bytes::Bytes;
 use tokio::sync::oneshot;
 
-use super::{Catalog, PatientRow, PendingWrite, append_report_change, now_rfc3339, upsert_patient};
+use super::{Catalog, PendingWrite, Script, now_rfc3339};
 use crate::error::ArchiveError;
 use crate::model::patient_key;
 use crate::results::{
@@ -151,20 +151,24 @@ impl Catalog {
         members: &[(String, u64)],
     ) -> Result<(), ArchiveError> {
         let mut tx = self.writer.begin().await?;
-        for (sha256, offset) in members {
-            sqlx::query(
-                "UPDATE messages SET blob_key = $1, blob_offset = $2 \
-                 WHERE sha256 = $3 AND blob_offset IS NULL AND format <> 'dicom'",
-            )
-            .bind(pack_key)
-            .bind(*offset as i64)
-            .bind(sha256)
-            .execute(&mut *tx)
-            .await?;
-            sqlx::query("DELETE FROM message_outbox WHERE sha256 = $1")
-                .bind(sha256)
-                .execute(&mut *tx)
-                .await?;
+        // A few scripts rather than two statements per message: the writer
+        // connection is shared with ingest, which waits meanwhile.
+        for chunk in members.chunks(500) {
+            let mut script = Script::default();
+            let pack = script.param();
+            for _ in chunk {
+                let (offset, sha) = (script.param(), script.param());
+                script.push(&format!(
+                    "UPDATE messages SET blob_key = ${pack}, blob_offset = ${offset} \
+                     WHERE sha256 = ${sha} AND blob_offset IS NULL AND format <> 'dicom'"
+                ));
+                script.push(&format!("DELETE FROM message_outbox WHERE sha256 = ${sha}"));
+            }
+            let mut query = sqlx::query(&script.sql).bind(pack_key);
+            for (sha256, offset) in chunk {
+                query = query.bind(*offset as i64).bind(sha256);
+            }
+            query.execute(&mut *tx).await?;
         }
         tx.commit().await?;
         Ok(())
@@ -240,63 +244,87 @@ pub(super) async fn record_message_in_tx(
         });
     }
     let now = now_rfc3339();
-    let message_id: i64 = sqlx::query_scalar(
+    // One round trip: the message row, its patients (the no-op update makes
+    // RETURNING give the id of an existing patient too) and its bytes in
+    // the outbox. Rows: the message id, then each patient's id.
+    let mut script = Script::default();
+    let p = script.params(10);
+    script.push(&format!(
         "INSERT INTO messages (format, message_type, sender, control_id, sha256, blob_key, \
-         original_size, stored_size, received_at, source) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING id",
-    )
-    .bind(message.format.name())
-    .bind(&message.message_type)
-    .bind(&message.sender)
-    .bind(&message.control_id)
-    .bind(&blob.sha256)
-    .bind(&blob.blob_key)
-    .bind(blob.original_size as i64)
-    .bind(blob.stored_size as i64)
-    .bind(&now)
-    .bind(source)
-    .fetch_one(&mut **tx)
-    .await?;
-    let mut reports = Vec::new();
-    let mut newest = 0;
+         original_size, stored_size, received_at, source) VALUES ({p}) RETURNING id"
+    ));
+    for _ in &message.patients {
+        let p = script.params(7);
+        script.push(&format!(
+            "INSERT INTO patients (patient_key, patient_id, issuer_of_patient_id, patient_name, \
+             birth_date, sex, created_at) VALUES ({p}) \
+             ON CONFLICT (patient_key) DO UPDATE SET patient_key = excluded.patient_key RETURNING id"
+        ));
+    }
+    if pending.outbox.is_some() {
+        let p = script.params(4);
+        script.push(&format!(
+            "INSERT INTO message_outbox (sha256, blob_key, data, created_at) VALUES ({p}) \
+             ON CONFLICT (sha256) DO NOTHING"
+        ));
+    }
+    let mut query = sqlx::query_scalar::<_, i64>(&script.sql)
+        .bind(message.format.name())
+        .bind(&message.message_type)
+        .bind(&message.sender)
+        .bind(&message.control_id)
+        .bind(&blob.sha256)
+        .bind(&blob.blob_key)
+        .bind(blob.original_size as i64)
+        .bind(blob.stored_size as i64)
+        .bind(&now)
+        .bind(source);
     for group in &message.patients {
         let p = &group.patient;
-        let patient_pk = upsert_patient(
-            tx,
-            PatientRow {
-                key: patient_key(
-                    Some(&p.id),
-                    p.issuer.as_deref(),
-                    p.name.as_deref(),
-                    p.birth_date.as_deref(),
-                ),
-                id: Some(&p.id),
-                issuer: p.issuer.as_deref(),
-                name: p.name.as_deref(),
-                birth_date: p.birth_date.as_deref(),
-                sex: p.sex.as_deref(),
-            },
-            &now,
-        )
-        .await?;
+        query = query
+            .bind(patient_key(
+                Some(&p.id),
+                p.issuer.as_deref(),
+                p.name.as_deref(),
+                p.birth_date.as_deref(),
+            ))
+            .bind(&p.id)
+            .bind(&p.issuer)
+            .bind(&p.name)
+            .bind(&p.birth_date)
+            .bind(&p.sex)
+            .bind(&now);
+    }
+    if let Some(data) = &pending.outbox {
+        query = query
+            .bind(&blob.sha256)
+            .bind(&blob.blob_key)
+            .bind(data.as_ref())
+            .bind(&now);
+    }
+    let ids = query.fetch_all(&mut **tx).await?;
+    let [message_id, patient_pks @ ..] = &ids[..] else {
+        return Err(ArchiveError::CatalogWrite(
+            "recording a message returned no id".into(),
+        ));
+    };
+    if patient_pks.len() != message.patients.len() {
+        return Err(ArchiveError::CatalogWrite(format!(
+            "recording a message returned {} patient ids for {} patients",
+            patient_pks.len(),
+            message.patients.len()
+        )));
+    }
+    let message_id = *message_id;
+    let mut reports = Vec::new();
+    let mut newest = 0;
+    for (group, &patient_pk) in message.patients.iter().zip(patient_pks) {
         for r in &group.reports {
             let (report_id, seq) =
-                insert_report(tx, message_id, patient_pk, &p.id, r, &now).await?;
+                insert_report(tx, message_id, patient_pk, &group.patient.id, r, &now).await?;
             newest = newest.max(seq);
             reports.push(report_id);
         }
-    }
-    if let Some(data) = &pending.outbox {
-        sqlx::query(
-            "INSERT INTO message_outbox (sha256, blob_key, data, created_at) \
-             VALUES ($1, $2, $3, $4) ON CONFLICT (sha256) DO NOTHING",
-        )
-        .bind(&blob.sha256)
-        .bind(&blob.blob_key)
-        .bind(data.as_ref())
-        .bind(&now)
-        .execute(&mut **tx)
-        .await?;
     }
     Ok(MessageOutcome::Recorded {
         message_id,
@@ -413,88 +441,102 @@ pub(crate) async fn insert_report(
     r: &ResultReport,
     now: &str,
 ) -> Result<(i64, i64), ArchiveError> {
-    let study = match (&r.study_instance_uid, &r.accession_number) {
-        (Some(uid), _) => Some(uid.clone()),
-        (None, Some(accession)) => {
-            // Only a study of the same Patient ID: a report is never
-            // filed under another patient's images (the assigning
-            // authority may be spelled differently by the two systems).
-            sqlx::query_scalar::<_, String>(
-                "SELECT st.study_instance_uid FROM studies st \
-                 JOIN patients sp ON sp.id = st.patient_pk \
-                 WHERE st.accession_number = $1 AND sp.patient_id = $2 \
-                 ORDER BY st.study_date DESC LIMIT 1",
-            )
-            .bind(accession)
-            .bind(patient_id)
-            .fetch_optional(&mut **tx)
-            .await?
-        }
-        (None, None) => None,
-    };
-    let report_id: i64 = sqlx::query_scalar(
+    // One round trip: the report (filed under its study, or else under the
+    // patient's study with its accession number: only a study of the same
+    // Patient ID, so a report is never filed under another patient's images
+    // even when the two systems spell the assigning authority differently),
+    // its results (one multi-row insert per 500), and its change-feed entry.
+    // Within the writer's transaction the new report has the largest id.
+    // Rows: the report id, each result's id, the change's seq.
+    const NEW_REPORT: &str = "(SELECT max(id) FROM reports)";
+    let mut script = Script::default();
+    let p = script.params(11);
+    let (study, accession, patient, created) = (
+        script.param(),
+        script.param(),
+        script.param(),
+        script.param(),
+    );
+    script.push(&format!(
         "INSERT INTO reports (message_id, patient_pk, placer_number, filler_number, \
          accession_number, service_code, service_display, service_system, observed_at, \
          status, report_text, study_instance_uid, created_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) RETURNING id",
-    )
-    .bind(message_id)
-    .bind(patient_pk)
-    .bind(&r.placer_number)
-    .bind(&r.filler_number)
-    .bind(&r.accession_number)
-    .bind(&r.service.code)
-    .bind(&r.service.display)
-    .bind(&r.service.system)
-    .bind(&r.observed_at)
-    .bind(&r.status)
-    .bind(&r.report_text)
-    .bind(&study)
-    .bind(now)
-    .fetch_one(&mut **tx)
-    .await?;
-    // The results in as few statements as possible (one per 500): a lab
-    // message is mostly results, and each statement is a round trip to
-    // the connection's thread.
-    let mut ids: Vec<i64> = Vec::with_capacity(r.observations.len());
+         VALUES ({p}, COALESCE(${study}, (SELECT st.study_instance_uid FROM studies st \
+         JOIN patients sp ON sp.id = st.patient_pk \
+         WHERE st.accession_number = ${accession} AND sp.patient_id = ${patient} \
+         ORDER BY st.study_date DESC LIMIT 1)), ${created}) RETURNING id"
+    ));
     for chunk in r.observations.chunks(500) {
-        let rows: Vec<String> = (0..chunk.len())
-            .map(|i| {
-                let at = i * 15;
-                let params: Vec<String> = (1..=15).map(|k| format!("${}", at + k)).collect();
-                format!("({})", params.join(", "))
-            })
+        let rows: Vec<String> = chunk
+            .iter()
+            .map(|_| format!("({NEW_REPORT}, {})", script.params(14)))
             .collect();
-        let sql = format!(
+        script.push(&format!(
             "INSERT INTO observations (report_id, patient_pk, code, code_display, code_system, \
              value_type, value, numeric_value, units, reference_range, abnormal_flags, status, \
              observed_at, notes, created_at) VALUES {} RETURNING id",
             rows.join(", ")
-        );
-        let mut query = sqlx::query_scalar::<_, i64>(&sql);
-        for o in chunk {
-            query = query
-                .bind(report_id)
-                .bind(patient_pk)
-                .bind(&o.code.code)
-                .bind(&o.code.display)
-                .bind(&o.code.system)
-                .bind(&o.value_type)
-                .bind(&o.value)
-                .bind(o.numeric_value)
-                .bind(&o.units)
-                .bind(&o.reference_range)
-                .bind(joined(&o.abnormal_flags))
-                .bind(&o.status)
-                .bind(&o.observed_at)
-                .bind(joined(&o.notes))
-                .bind(now);
-        }
-        let mut chunk_ids = query.fetch_all(&mut **tx).await?;
-        // Row ids are given in VALUES order (one writer, max + 1 each);
-        // RETURNING itself promises no order.
-        chunk_ids.sort_unstable();
-        ids.extend(chunk_ids);
+        ));
+    }
+    let kind = script.param();
+    script.push(&format!(
+        "INSERT INTO changes (kind, report_id, study_instance_uid, recorded_at) \
+         VALUES (${kind}, {NEW_REPORT}, \
+         (SELECT study_instance_uid FROM reports WHERE id = {NEW_REPORT}), ${created}) \
+         RETURNING seq"
+    ));
+    let mut query = sqlx::query_scalar::<_, i64>(&script.sql)
+        .bind(message_id)
+        .bind(patient_pk)
+        .bind(&r.placer_number)
+        .bind(&r.filler_number)
+        .bind(&r.accession_number)
+        .bind(&r.service.code)
+        .bind(&r.service.display)
+        .bind(&r.service.system)
+        .bind(&r.observed_at)
+        .bind(&r.status)
+        .bind(&r.report_text)
+        .bind(&r.study_instance_uid)
+        .bind(&r.accession_number)
+        .bind(patient_id)
+        .bind(now);
+    for o in &r.observations {
+        query = query
+            .bind(patient_pk)
+            .bind(&o.code.code)
+            .bind(&o.code.display)
+            .bind(&o.code.system)
+            .bind(&o.value_type)
+            .bind(&o.value)
+            .bind(o.numeric_value)
+            .bind(&o.units)
+            .bind(&o.reference_range)
+            .bind(joined(&o.abnormal_flags))
+            .bind(&o.status)
+            .bind(&o.observed_at)
+            .bind(joined(&o.notes))
+            .bind(now);
+    }
+    let returned = query.bind("report-stored").fetch_all(&mut **tx).await?;
+    let n = r.observations.len();
+    let [report_id, result_ids @ .., seq] = &returned[..] else {
+        return Err(ArchiveError::CatalogWrite(
+            "recording a report returned too few rows".into(),
+        ));
+    };
+    if result_ids.len() != n {
+        return Err(ArchiveError::CatalogWrite(format!(
+            "recording a report returned {} result ids for {n} results",
+            result_ids.len()
+        )));
+    }
+    let (report_id, seq) = (*report_id, *seq);
+    // Row ids are given in VALUES order (one writer, max + 1 each);
+    // RETURNING itself promises no order within a statement.
+    let mut ids = result_ids.to_vec();
+    for chunk in ids.chunks_mut(500) {
+        chunk.sort_unstable();
     }
     for (o, &id) in r.observations.iter().zip(&ids) {
         if o.is_correction() {
@@ -521,6 +563,5 @@ pub(crate) async fn insert_report(
             .await?;
         }
     }
-    let seq = append_report_change(tx, "report-stored", report_id, study.as_deref(), now).await?;
     Ok((report_id, seq))
 }
