@@ -636,8 +636,8 @@ async fn record_in_tx(
     }
     // Only an SR or PDF with a readable report, or a replaced instance
     // (whose report may have to change), can have a report to record.
-    if rec.document.is_some() || existing.is_some() {
-        if let Some(report_seq) = documents::record_document(
+    if (rec.document.is_some() || existing.is_some())
+        && let Some(report_seq) = documents::record_document(
             tx,
             patient_pk,
             a,
@@ -647,9 +647,8 @@ async fn record_in_tx(
             &now,
         )
         .await?
-        {
-            seq = seq.max(report_seq);
-        }
+    {
+        seq = seq.max(report_seq);
     }
     let stored_size = if blob_inserted {
         rec.blob.stored_size as i64
