@@ -12,8 +12,10 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use sqlx::Arguments as _;
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+    SqliteArguments, SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
+    SqliteSynchronous,
 };
 use sqlx::{Row, Sqlite, Transaction};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -506,42 +508,96 @@ async fn record_in_tx(
     // conflicting insert returns none.
     let patient = PatientRow::from(a);
     let mut script = Script::default();
-    let p = script.params(7);
+    let now_param = script.bind(now.as_str());
+    let key = script.bind(&patient.key);
+    let p = [
+        key.clone(),
+        script.bind(patient.id),
+        script.bind(patient.issuer),
+        script.bind(patient.name),
+        script.bind(patient.birth_date),
+        script.bind(patient.sex),
+        now_param.clone(),
+    ]
+    .join(", ");
     script.push(&format!(
         "INSERT INTO patients (patient_key, patient_id, issuer_of_patient_id, patient_name, \
          birth_date, sex, created_at) VALUES ({p}) \
          ON CONFLICT (patient_key) DO UPDATE SET patient_key = excluded.patient_key \
          RETURNING 'patient', id"
     ));
-    let (study, key, now_param) = (script.param(), 1, 7);
-    let p = script.params(6);
+    let study = script.bind(&a.study_instance_uid);
+    let p = [
+        study.clone(),
+        format!("(SELECT id FROM patients WHERE patient_key = {key})"),
+        script.bind(&a.study_date),
+        script.bind(&a.study_time),
+        script.bind(&a.accession_number),
+        script.bind(&a.study_id),
+        script.bind(&a.study_description),
+        script.bind(&a.referring_physician_name),
+        now_param.clone(),
+    ]
+    .join(", ");
     script.push(&format!(
         "INSERT INTO studies (study_instance_uid, patient_pk, study_date, study_time, accession_number, \
-         study_id, study_description, referring_physician_name, created_at) \
-         VALUES (${study}, (SELECT id FROM patients WHERE patient_key = ${key}), {p}, ${now_param}) \
+         study_id, study_description, referring_physician_name, created_at) VALUES ({p}) \
          ON CONFLICT (study_instance_uid) DO NOTHING RETURNING 'study', 0"
     ));
-    let series = script.param();
-    let p = script.params(5);
+    let series = script.bind(&a.series_instance_uid);
+    let p = [
+        series.clone(),
+        study.clone(),
+        script.bind(&a.modality),
+        script.bind(a.series_number),
+        script.bind(&a.series_description),
+        script.bind(&a.body_part_examined),
+        script.bind(&a.series_date),
+        now_param.clone(),
+    ]
+    .join(", ");
     script.push(&format!(
         "INSERT INTO series (series_instance_uid, study_instance_uid, modality, series_number, \
-         series_description, body_part_examined, series_date, created_at) \
-         VALUES (${series}, ${study}, {p}, ${now_param}) ON CONFLICT (series_instance_uid) DO NOTHING"
+         series_description, body_part_examined, series_date, created_at) VALUES ({p}) \
+         ON CONFLICT (series_instance_uid) DO NOTHING"
     ));
-    let sha = script.param();
-    let p = script.params(4);
+    let sha = script.bind(&rec.blob.sha256);
+    let p = [
+        sha.clone(),
+        script.bind(&rec.blob.blob_key),
+        script.bind(rec.blob.compression),
+        script.bind(rec.blob.original_size as i64),
+        script.bind(rec.blob.stored_size as i64),
+        now_param.clone(),
+    ]
+    .join(", ");
     script.push(&format!(
         "INSERT INTO blobs (sha256, blob_key, compression, original_size, stored_size, created_at) \
-         VALUES (${sha}, {p}, ${now_param}) ON CONFLICT (sha256) DO NOTHING RETURNING 'blob', 0"
+         VALUES ({p}) ON CONFLICT (sha256) DO NOTHING RETURNING 'blob', 0"
     ));
-    let sop = script.param();
-    let p = script.params(8);
-    let (source, metadata) = (script.param(), script.param());
+    let sop = script.bind(&a.sop_instance_uid);
+    let p = [
+        sop.clone(),
+        series.clone(),
+        study.clone(),
+        script.bind(&a.sop_class_uid),
+        script.bind(a.instance_number),
+        script.bind(&a.content_date),
+        script.bind(a.rows),
+        script.bind(a.columns),
+        script.bind(a.number_of_frames),
+        script.bind(&a.transfer_syntax_uid),
+        script.bind(&a.specific_character_set),
+        sha,
+        now_param.clone(),
+        script.bind(rec.source.as_str()),
+        script.bind(rec.metadata_json.as_str()),
+    ]
+    .join(", ");
     script.push(&format!(
         "INSERT INTO instances (sop_instance_uid, series_instance_uid, study_instance_uid, sop_class_uid, \
          instance_number, content_date, num_rows, num_columns, number_of_frames, transfer_syntax_uid, \
-         specific_character_set, sha256, received_at, source, metadata) \
-         VALUES (${sop}, ${series}, ${study}, {p}, ${sha}, ${now_param}, ${source}, ${metadata}) \
+         specific_character_set, sha256, received_at, source, metadata) VALUES ({p}) \
          ON CONFLICT (sop_instance_uid) DO UPDATE SET series_instance_uid = excluded.series_instance_uid, \
          study_instance_uid = excluded.study_instance_uid, sop_class_uid = excluded.sop_class_uid, \
          instance_number = excluded.instance_number, content_date = excluded.content_date, \
@@ -550,57 +606,13 @@ async fn record_in_tx(
          specific_character_set = excluded.specific_character_set, sha256 = excluded.sha256, \
          received_at = excluded.received_at, source = excluded.source, metadata = excluded.metadata"
     ));
-    let kind_param = script.param();
+    let kind = script.bind(kind);
     script.push(&format!(
         "INSERT INTO changes (kind, sop_instance_uid, series_instance_uid, study_instance_uid, recorded_at) \
-         VALUES (${kind_param}, ${sop}, ${series}, ${study}, ${now_param}) RETURNING 'seq', seq"
+         VALUES ({kind}, {sop}, {series}, {study}, {now_param}) RETURNING 'seq', seq"
     ));
-    let rows: Vec<(String, i64)> = sqlx::query_as(&script.sql)
-        // patient: $1..$7
-        .bind(&patient.key)
-        .bind(patient.id)
-        .bind(patient.issuer)
-        .bind(patient.name)
-        .bind(patient.birth_date)
-        .bind(patient.sex)
-        .bind(&now)
-        // study
-        .bind(&a.study_instance_uid)
-        .bind(&a.study_date)
-        .bind(&a.study_time)
-        .bind(&a.accession_number)
-        .bind(&a.study_id)
-        .bind(&a.study_description)
-        .bind(&a.referring_physician_name)
-        // series
-        .bind(&a.series_instance_uid)
-        .bind(&a.modality)
-        .bind(a.series_number)
-        .bind(&a.series_description)
-        .bind(&a.body_part_examined)
-        .bind(&a.series_date)
-        // blob
-        .bind(&rec.blob.sha256)
-        .bind(&rec.blob.blob_key)
-        .bind(rec.blob.compression)
-        .bind(rec.blob.original_size as i64)
-        .bind(rec.blob.stored_size as i64)
-        // instance
-        .bind(&a.sop_instance_uid)
-        .bind(&a.sop_class_uid)
-        .bind(a.instance_number)
-        .bind(&a.content_date)
-        .bind(a.rows)
-        .bind(a.columns)
-        .bind(a.number_of_frames)
-        .bind(&a.transfer_syntax_uid)
-        .bind(&a.specific_character_set)
-        .bind(&rec.source)
-        .bind(&rec.metadata_json)
-        // change
-        .bind(kind)
-        .fetch_all(&mut **tx)
-        .await?;
+    let (sql, args) = script.into_parts()?;
+    let rows: Vec<(String, i64)> = sqlx::query_as_with(&sql, args).fetch_all(&mut **tx).await?;
     let tagged = |tag: &str| rows.iter().find(|(t, _)| t == tag).map(|(_, v)| *v);
     let (Some(patient_pk), Some(mut seq)) = (tagged("patient"), tagged("seq")) else {
         return Err(ArchiveError::CatalogWrite(format!(
@@ -669,34 +681,43 @@ async fn record_in_tx(
 /// them one after another on the connection's thread, binding `$n` from one
 /// shared argument list, and returns the rows of every `RETURNING` in
 /// order. One round trip to that thread costs ~45 us on a 2-core machine;
-/// a statement inside a script ~5 us. The writer builds each record as a
-/// few scripts instead of a statement per row.
+/// a statement inside a script ~5 us. The writer builds each record as one
+/// or two scripts instead of a statement per row.
 #[derive(Default)]
-pub(crate) struct Script {
-    pub sql: String,
-    next: usize,
+pub(crate) struct Script<'q> {
+    sql: String,
+    args: SqliteArguments<'q>,
+    count: usize,
+    error: Option<String>,
 }
 
-impl Script {
-    /// Reserve `count` parameters: `"$a, $b, ..."`.
-    pub fn params(&mut self, count: usize) -> String {
-        let first = self.next + 1;
-        self.next += count;
-        (first..=self.next)
-            .map(|i| format!("${i}"))
-            .collect::<Vec<_>>()
-            .join(", ")
-    }
-
-    /// Reserve one parameter: its number.
-    pub fn param(&mut self) -> usize {
-        self.next += 1;
-        self.next
+impl<'q> Script<'q> {
+    /// Add a value to the arguments; its placeholder (`$n`), to use in any
+    /// later statement, as often as needed.
+    pub fn bind<T>(&mut self, value: T) -> String
+    where
+        T: 'q + sqlx::Encode<'q, Sqlite> + sqlx::Type<Sqlite>,
+    {
+        if let Err(e) = self.args.add(value) {
+            self.error.get_or_insert_with(|| e.to_string());
+        }
+        self.count += 1;
+        format!("${}", self.count)
     }
 
     pub fn push(&mut self, statement: &str) {
         self.sql.push_str(statement);
         self.sql.push_str(";\n");
+    }
+
+    /// The SQL and its arguments, to run with `sqlx::query_with` and kin.
+    pub fn into_parts(self) -> Result<(String, SqliteArguments<'q>), ArchiveError> {
+        match self.error {
+            Some(e) => Err(ArchiveError::CatalogWrite(format!(
+                "cannot bind a value: {e}"
+            ))),
+            None => Ok((self.sql, self.args)),
+        }
     }
 }
 

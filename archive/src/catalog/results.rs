@@ -155,20 +155,17 @@ impl Catalog {
         // connection is shared with ingest, which waits meanwhile.
         for chunk in members.chunks(500) {
             let mut script = Script::default();
-            let pack = script.param();
-            for _ in chunk {
-                let (offset, sha) = (script.param(), script.param());
-                script.push(&format!(
-                    "UPDATE messages SET blob_key = ${pack}, blob_offset = ${offset} \
-                     WHERE sha256 = ${sha} AND blob_offset IS NULL AND format <> 'dicom'"
-                ));
-                script.push(&format!("DELETE FROM message_outbox WHERE sha256 = ${sha}"));
-            }
-            let mut query = sqlx::query(&script.sql).bind(pack_key);
+            let pack = script.bind(pack_key);
             for (sha256, offset) in chunk {
-                query = query.bind(*offset as i64).bind(sha256);
+                let (offset, sha) = (script.bind(*offset as i64), script.bind(sha256.as_str()));
+                script.push(&format!(
+                    "UPDATE messages SET blob_key = {pack}, blob_offset = {offset} \
+                     WHERE sha256 = {sha} AND blob_offset IS NULL AND format <> 'dicom'"
+                ));
+                script.push(&format!("DELETE FROM message_outbox WHERE sha256 = {sha}"));
             }
-            query.execute(&mut *tx).await?;
+            let (sql, args) = script.into_parts()?;
+            sqlx::query_with(&sql, args).execute(&mut *tx).await?;
         }
         tx.commit().await?;
         Ok(())
@@ -225,105 +222,140 @@ pub(super) struct PendingMessage {
     pub reply: oneshot::Sender<Result<MessageOutcome, ArchiveError>>,
 }
 
-/// Record one message inside the writer's transaction.
+/// Record one message inside the writer's transaction, in one round trip
+/// to the connection's thread (two when a result corrects an earlier one).
 pub(super) async fn record_message_in_tx(
     tx: &mut Transaction<'_, Sqlite>,
     pending: &PendingMessage,
 ) -> Result<MessageOutcome, ArchiveError> {
-    let (message, blob, source) = (&pending.message, &pending.blob, pending.source.as_str());
-    if let Some(row) =
-        sqlx::query("SELECT id, sha256 FROM messages WHERE sender = $1 AND control_id = $2")
-            .bind(&message.sender)
-            .bind(&message.control_id)
-            .fetch_optional(&mut **tx)
-            .await?
-    {
-        return Ok(MessageOutcome::AlreadyPresent {
-            message_id: row.try_get(0)?,
-            sha256: row.try_get(1)?,
-        });
-    }
+    let (message, blob) = (&pending.message, &pending.blob);
     let now = now_rfc3339();
-    // One round trip: the message row, its patients (the no-op update makes
-    // RETURNING give the id of an existing patient too) and its bytes in
-    // the outbox. Rows: the message id, then each patient's id.
     let mut script = Script::default();
-    let p = script.params(10);
+    // The message row first: a message already recorded under this sender
+    // and control id fails its UNIQUE constraint there, before anything
+    // else of the script runs (SQLite undoes just that statement).
+    let (sha, key, now_param) = (
+        script.bind(&blob.sha256),
+        script.bind(&blob.blob_key),
+        script.bind(now.as_str()),
+    );
+    let p = [
+        script.bind(message.format.name()),
+        script.bind(&message.message_type),
+        script.bind(&message.sender),
+        script.bind(&message.control_id),
+        sha.clone(),
+        key.clone(),
+        script.bind(blob.original_size as i64),
+        script.bind(blob.stored_size as i64),
+        now_param.clone(),
+        script.bind(pending.source.as_str()),
+    ]
+    .join(", ");
     script.push(&format!(
         "INSERT INTO messages (format, message_type, sender, control_id, sha256, blob_key, \
          original_size, stored_size, received_at, source) VALUES ({p}) RETURNING id"
     ));
-    for _ in &message.patients {
-        let p = script.params(7);
+    if let Some(data) = &pending.outbox {
+        let data = script.bind(data.as_ref());
+        script.push(&format!(
+            "INSERT INTO message_outbox (sha256, blob_key, data, created_at) \
+             VALUES ({sha}, {key}, {data}, {now_param}) ON CONFLICT (sha256) DO NOTHING"
+        ));
+    }
+    // Each patient (the no-op update makes RETURNING give the id of an
+    // existing row too), then its reports with their results and change-
+    // feed entries. Rows: the message id, then per patient its id and per
+    // report the report id, each result's id and the change's seq.
+    for group in &message.patients {
+        let patient = &group.patient;
+        let key = script.bind(patient_key(
+            Some(&patient.id),
+            patient.issuer.as_deref(),
+            patient.name.as_deref(),
+            patient.birth_date.as_deref(),
+        ));
+        let patient_id = script.bind(&patient.id);
+        let p = [
+            key.clone(),
+            patient_id.clone(),
+            script.bind(&patient.issuer),
+            script.bind(&patient.name),
+            script.bind(&patient.birth_date),
+            script.bind(&patient.sex),
+            now_param.clone(),
+        ]
+        .join(", ");
         script.push(&format!(
             "INSERT INTO patients (patient_key, patient_id, issuer_of_patient_id, patient_name, \
              birth_date, sex, created_at) VALUES ({p}) \
              ON CONFLICT (patient_key) DO UPDATE SET patient_key = excluded.patient_key RETURNING id"
         ));
+        let patient_pk = format!("(SELECT id FROM patients WHERE patient_key = {key})");
+        for r in &group.reports {
+            push_report(&mut script, r, &patient_pk, &patient_id, &now_param);
+        }
     }
-    if pending.outbox.is_some() {
-        let p = script.params(4);
-        script.push(&format!(
-            "INSERT INTO message_outbox (sha256, blob_key, data, created_at) VALUES ({p}) \
-             ON CONFLICT (sha256) DO NOTHING"
-        ));
-    }
-    let mut query = sqlx::query_scalar::<_, i64>(&script.sql)
-        .bind(message.format.name())
-        .bind(&message.message_type)
-        .bind(&message.sender)
-        .bind(&message.control_id)
-        .bind(&blob.sha256)
-        .bind(&blob.blob_key)
-        .bind(blob.original_size as i64)
-        .bind(blob.stored_size as i64)
-        .bind(&now)
-        .bind(source);
-    for group in &message.patients {
-        let p = &group.patient;
-        query = query
-            .bind(patient_key(
-                Some(&p.id),
-                p.issuer.as_deref(),
-                p.name.as_deref(),
-                p.birth_date.as_deref(),
-            ))
-            .bind(&p.id)
-            .bind(&p.issuer)
-            .bind(&p.name)
-            .bind(&p.birth_date)
-            .bind(&p.sex)
-            .bind(&now);
-    }
-    if let Some(data) = &pending.outbox {
-        query = query
-            .bind(&blob.sha256)
-            .bind(&blob.blob_key)
-            .bind(data.as_ref())
-            .bind(&now);
-    }
-    let ids = query.fetch_all(&mut **tx).await?;
-    let [message_id, patient_pks @ ..] = &ids[..] else {
-        return Err(ArchiveError::CatalogWrite(
-            "recording a message returned no id".into(),
-        ));
+    let (sql, args) = script.into_parts()?;
+    let returned = match sqlx::query_scalar_with::<_, i64, _>(&sql, args)
+        .fetch_all(&mut **tx)
+        .await
+    {
+        Ok(rows) => rows,
+        Err(sqlx::Error::Database(e))
+            if e.kind() == sqlx::error::ErrorKind::UniqueViolation
+                && e.message().contains("messages.") =>
+        {
+            let row = sqlx::query(
+                "SELECT id, sha256 FROM messages WHERE sender = $1 AND control_id = $2",
+            )
+            .bind(&message.sender)
+            .bind(&message.control_id)
+            .fetch_one(&mut **tx)
+            .await?;
+            return Ok(MessageOutcome::AlreadyPresent {
+                message_id: row.try_get(0)?,
+                sha256: row.try_get(1)?,
+            });
+        }
+        Err(e) => return Err(e.into()),
     };
-    if patient_pks.len() != message.patients.len() {
+    let expected = 1 + message
+        .patients
+        .iter()
+        .map(|g| {
+            1 + g
+                .reports
+                .iter()
+                .map(|r| 2 + r.observations.len())
+                .sum::<usize>()
+        })
+        .sum::<usize>();
+    if returned.len() != expected {
         return Err(ArchiveError::CatalogWrite(format!(
-            "recording a message returned {} patient ids for {} patients",
-            patient_pks.len(),
-            message.patients.len()
+            "recording message {} returned {} ids, expected {expected}",
+            message.control_id,
+            returned.len()
         )));
     }
-    let message_id = *message_id;
+    let message_id = returned[0];
+    let mut rows = returned[1..].iter().copied();
+    let mut next = || rows.next().expect("counted above");
     let mut reports = Vec::new();
     let mut newest = 0;
-    for (group, &patient_pk) in message.patients.iter().zip(patient_pks) {
+    for group in &message.patients {
+        let patient_pk = next();
         for r in &group.reports {
-            let (report_id, seq) =
-                insert_report(tx, message_id, patient_pk, &group.patient.id, r, &now).await?;
-            newest = newest.max(seq);
+            let report_id = next();
+            // Row ids are given in VALUES order (one writer, max + 1 each);
+            // RETURNING itself promises no order within a statement.
+            let mut ids: Vec<i64> = (0..r.observations.len()).map(|_| next()).collect();
+            for chunk in ids.chunks_mut(OBSERVATIONS_PER_INSERT) {
+                chunk.sort_unstable();
+            }
+            newest = newest.max(next());
             reports.push(report_id);
+            supersede_corrected(tx, r, report_id, patient_pk, &ids).await?;
         }
     }
     Ok(MessageOutcome::Recorded {
@@ -429,47 +461,73 @@ pub(super) fn stored_observation(r: &SqliteRow) -> Result<StoredObservation, Arc
     })
 }
 
-/// Insert one report of a message and its results (a correction marks the
-/// result it corrects as superseded) and append the report to the change
-/// feed. A report without a study is linked to the study of its patient
-/// with its accession number. Returns the report id and the change seq.
-pub(crate) async fn insert_report(
-    tx: &mut Transaction<'_, Sqlite>,
-    message_id: i64,
-    patient_pk: i64,
+/// Results per multi-row insert.
+const OBSERVATIONS_PER_INSERT: usize = 500;
+
+/// Add one report of a message to `script`: the report (filed under its
+/// study, or else under the patient's study with its accession number:
+/// only a study of the same Patient ID, so a report is never filed under
+/// another patient's images even when the two systems spell the assigning
+/// authority differently), its results (one multi-row insert per 500) and
+/// its change-feed entry. Within the writer's transaction the new report
+/// has the largest id. Returns, in order: the report id, each result's id,
+/// the change's seq.
+fn push_report<'q>(
+    script: &mut Script<'q>,
+    r: &'q ResultReport,
+    patient_pk: &str,
     patient_id: &str,
-    r: &ResultReport,
     now: &str,
-) -> Result<(i64, i64), ArchiveError> {
-    // One round trip: the report (filed under its study, or else under the
-    // patient's study with its accession number: only a study of the same
-    // Patient ID, so a report is never filed under another patient's images
-    // even when the two systems spell the assigning authority differently),
-    // its results (one multi-row insert per 500), and its change-feed entry.
-    // Within the writer's transaction the new report has the largest id.
-    // Rows: the report id, each result's id, the change's seq.
+) {
     const NEW_REPORT: &str = "(SELECT max(id) FROM reports)";
-    let mut script = Script::default();
-    let p = script.params(11);
-    let (study, accession, patient, created) = (
-        script.param(),
-        script.param(),
-        script.param(),
-        script.param(),
-    );
+    let accession = script.bind(&r.accession_number);
+    let p = [
+        "(SELECT max(id) FROM messages)".to_owned(),
+        patient_pk.to_owned(),
+        script.bind(&r.placer_number),
+        script.bind(&r.filler_number),
+        accession.clone(),
+        script.bind(&r.service.code),
+        script.bind(&r.service.display),
+        script.bind(&r.service.system),
+        script.bind(&r.observed_at),
+        script.bind(&r.status),
+        script.bind(&r.report_text),
+    ]
+    .join(", ");
+    let study = script.bind(&r.study_instance_uid);
     script.push(&format!(
         "INSERT INTO reports (message_id, patient_pk, placer_number, filler_number, \
          accession_number, service_code, service_display, service_system, observed_at, \
          status, report_text, study_instance_uid, created_at) \
-         VALUES ({p}, COALESCE(${study}, (SELECT st.study_instance_uid FROM studies st \
+         VALUES ({p}, COALESCE({study}, (SELECT st.study_instance_uid FROM studies st \
          JOIN patients sp ON sp.id = st.patient_pk \
-         WHERE st.accession_number = ${accession} AND sp.patient_id = ${patient} \
-         ORDER BY st.study_date DESC LIMIT 1)), ${created}) RETURNING id"
+         WHERE st.accession_number = {accession} AND sp.patient_id = {patient_id} \
+         ORDER BY st.study_date DESC LIMIT 1)), {now}) RETURNING id"
     ));
-    for chunk in r.observations.chunks(500) {
+    for chunk in r.observations.chunks(OBSERVATIONS_PER_INSERT) {
         let rows: Vec<String> = chunk
             .iter()
-            .map(|_| format!("({NEW_REPORT}, {})", script.params(14)))
+            .map(|o| {
+                let values = [
+                    NEW_REPORT.to_owned(),
+                    patient_pk.to_owned(),
+                    script.bind(&o.code.code),
+                    script.bind(&o.code.display),
+                    script.bind(&o.code.system),
+                    script.bind(&o.value_type),
+                    script.bind(&o.value),
+                    script.bind(o.numeric_value),
+                    script.bind(&o.units),
+                    script.bind(&o.reference_range),
+                    script.bind(joined(&o.abnormal_flags)),
+                    script.bind(&o.status),
+                    script.bind(&o.observed_at),
+                    script.bind(joined(&o.notes)),
+                    now.to_owned(),
+                ];
+                format!("({})", values.join(", "))
+            })
             .collect();
         script.push(&format!(
             "INSERT INTO observations (report_id, patient_pk, code, code_display, code_system, \
@@ -478,70 +536,28 @@ pub(crate) async fn insert_report(
             rows.join(", ")
         ));
     }
-    let kind = script.param();
+    let kind = script.bind("report-stored");
     script.push(&format!(
         "INSERT INTO changes (kind, report_id, study_instance_uid, recorded_at) \
-         VALUES (${kind}, {NEW_REPORT}, \
-         (SELECT study_instance_uid FROM reports WHERE id = {NEW_REPORT}), ${created}) \
+         VALUES ({kind}, {NEW_REPORT}, \
+         (SELECT study_instance_uid FROM reports WHERE id = {NEW_REPORT}), {now}) \
          RETURNING seq"
     ));
-    let mut query = sqlx::query_scalar::<_, i64>(&script.sql)
-        .bind(message_id)
-        .bind(patient_pk)
-        .bind(&r.placer_number)
-        .bind(&r.filler_number)
-        .bind(&r.accession_number)
-        .bind(&r.service.code)
-        .bind(&r.service.display)
-        .bind(&r.service.system)
-        .bind(&r.observed_at)
-        .bind(&r.status)
-        .bind(&r.report_text)
-        .bind(&r.study_instance_uid)
-        .bind(&r.accession_number)
-        .bind(patient_id)
-        .bind(now);
-    for o in &r.observations {
-        query = query
-            .bind(patient_pk)
-            .bind(&o.code.code)
-            .bind(&o.code.display)
-            .bind(&o.code.system)
-            .bind(&o.value_type)
-            .bind(&o.value)
-            .bind(o.numeric_value)
-            .bind(&o.units)
-            .bind(&o.reference_range)
-            .bind(joined(&o.abnormal_flags))
-            .bind(&o.status)
-            .bind(&o.observed_at)
-            .bind(joined(&o.notes))
-            .bind(now);
-    }
-    let returned = query.bind("report-stored").fetch_all(&mut **tx).await?;
-    let n = r.observations.len();
-    let [report_id, result_ids @ .., seq] = &returned[..] else {
-        return Err(ArchiveError::CatalogWrite(
-            "recording a report returned too few rows".into(),
-        ));
-    };
-    if result_ids.len() != n {
-        return Err(ArchiveError::CatalogWrite(format!(
-            "recording a report returned {} result ids for {n} results",
-            result_ids.len()
-        )));
-    }
-    let (report_id, seq) = (*report_id, *seq);
-    // Row ids are given in VALUES order (one writer, max + 1 each);
-    // RETURNING itself promises no order within a statement.
-    let mut ids = result_ids.to_vec();
-    for chunk in ids.chunks_mut(500) {
-        chunk.sort_unstable();
-    }
-    for (o, &id) in r.observations.iter().zip(&ids) {
+}
+
+/// A corrected result (status C) marks the latest earlier result of the
+/// same test in the same order (by filler, placer or accession number) as
+/// superseded by it: history, not an overwrite. `ids` are the report's
+/// new result ids in order.
+async fn supersede_corrected(
+    tx: &mut Transaction<'_, Sqlite>,
+    r: &ResultReport,
+    report_id: i64,
+    patient_pk: i64,
+    ids: &[i64],
+) -> Result<(), ArchiveError> {
+    for (o, &id) in r.observations.iter().zip(ids) {
         if o.is_correction() {
-            // The latest earlier result of the same test in the same
-            // order (by filler, placer or accession number).
             sqlx::query(
                 "UPDATE observations SET superseded_by = $1 WHERE id = (\
                  SELECT o.id FROM observations o JOIN reports r ON r.id = o.report_id \
@@ -563,5 +579,5 @@ pub(crate) async fn insert_report(
             .await?;
         }
     }
-    Ok((report_id, seq))
+    Ok(())
 }
