@@ -314,6 +314,9 @@ fn main() -> anyhow::Result<()> {
         for (key, start) in &servers {
             let dir = work.join(format!("{key}-{associations}"));
             std::fs::create_dir_all(&dir)?;
+            // Every run starts with nothing of the runs before it still
+            // being written back to disk.
+            let _ = Command::new("sync").status();
             let server = start(&dir)?;
             eprintln!("{} over {associations} association(s) ...", server.name);
             let seconds = send(&server, &files, associations)?;
@@ -369,7 +372,7 @@ fn main() -> anyhow::Result<()> {
         "storescp runs with --fork (one child per association): its peak RSS is the listening parent's."
     );
     println!(
-        "Every server's data is kept until all runs are done (deleting files slows the next run's file creations)."
+        "Every server's data is kept until all runs are done (deleting files slows the next run's file creations); `sync` before each run."
     );
     let _ = std::fs::remove_dir_all(&args.work);
     Ok(())
