@@ -4,7 +4,7 @@
 //! `reports` row with the extracted text, written in the transaction that
 //! records the instance, so an acknowledged SR always has its report.
 
-use sqlx::{Row, Sqlite, Transaction};
+use sqlx::{Row, SqliteConnection};
 
 use super::{BlobRecord, append_report_change};
 use crate::error::ArchiveError;
@@ -26,7 +26,7 @@ pub(crate) const DICOM_FORMAT: &str = "dicom";
 /// text cannot be read (`doc` is `None`) keeps its report without text,
 /// never the text of the version it replaced.
 pub(crate) async fn record_document(
-    tx: &mut Transaction<'_, Sqlite>,
+    tx: &mut SqliteConnection,
     patient_pk: i64,
     attrs: &InstanceAttributes,
     blob: &BlobRecord,
@@ -40,7 +40,7 @@ pub(crate) async fn record_document(
     )
     .bind(DICOM_SENDER)
     .bind(&attrs.sop_instance_uid)
-    .fetch_optional(&mut **tx)
+    .fetch_optional(&mut *tx)
     .await?;
     let (message_id, report_id): (Option<i64>, Option<i64>) = match &recorded {
         Some(row) => (Some(row.try_get(0)?), row.try_get(1)?),
@@ -50,7 +50,7 @@ pub(crate) async fn record_document(
         if let Some(report_id) = report_id {
             sqlx::query("UPDATE reports SET report_text = NULL WHERE id = $1")
                 .bind(report_id)
-                .execute(&mut **tx)
+                .execute(&mut *tx)
                 .await?;
             let seq = append_report_change(
                 tx,
@@ -79,7 +79,7 @@ pub(crate) async fn record_document(
                 .bind(now)
                 .bind(source)
                 .bind(id)
-                .execute(&mut **tx)
+                .execute(&mut *tx)
                 .await?;
                 id
             }
@@ -98,7 +98,7 @@ pub(crate) async fn record_document(
             .bind(blob.stored_size as i64)
             .bind(now)
             .bind(source)
-            .fetch_one(&mut **tx)
+            .fetch_one(&mut *tx)
             .await?,
         };
     let report_id = match report_id {
@@ -119,7 +119,7 @@ pub(crate) async fn record_document(
             .bind(&attrs.study_instance_uid)
             .bind(&attrs.sop_instance_uid)
             .bind(id)
-            .execute(&mut **tx)
+            .execute(&mut *tx)
             .await?;
             id
         }
@@ -142,7 +142,7 @@ pub(crate) async fn record_document(
             .bind(&attrs.study_instance_uid)
             .bind(&attrs.sop_instance_uid)
             .bind(now)
-            .fetch_one(&mut **tx)
+            .fetch_one(&mut *tx)
             .await?
         }
     };

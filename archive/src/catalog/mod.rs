@@ -13,11 +13,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::Arguments as _;
+use sqlx::pool::PoolConnection;
 use sqlx::sqlite::{
     SqliteArguments, SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
     SqliteSynchronous,
 };
-use sqlx::{Row, Sqlite, Transaction};
+use sqlx::{Row, Sqlite, SqliteConnection};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::error::ArchiveError;
@@ -156,12 +157,17 @@ enum PendingWrite {
 }
 
 impl PendingWrite {
-    /// Write it inside the group's transaction.
-    async fn write(&self, tx: &mut Transaction<'_, Sqlite>) -> Result<Written, ArchiveError> {
+    /// Write it inside the group's transaction; `begin`: the transaction is
+    /// still to be opened (by the first query of this write).
+    async fn write(
+        &self,
+        tx: &mut SqliteConnection,
+        begin: &mut bool,
+    ) -> Result<Written, ArchiveError> {
         Ok(match self {
-            PendingWrite::Instance(rec) => Written::Instance(record_in_tx(tx, rec).await?),
+            PendingWrite::Instance(rec) => Written::Instance(record_in_tx(tx, rec, begin).await?),
             PendingWrite::Message(m) => {
-                Written::Message(results::record_message_in_tx(tx, m).await?)
+                Written::Message(results::record_message_in_tx(tx, m, begin).await?)
             }
         })
     }
@@ -475,15 +481,17 @@ impl Catalog {
 
 /// Write one record inside the writer's transaction (in its own savepoint).
 async fn record_in_tx(
-    tx: &mut Transaction<'_, Sqlite>,
+    tx: &mut SqliteConnection,
     rec: &PendingRecord,
+    begin: &mut bool,
 ) -> Result<RecordOutcome, ArchiveError> {
-    let existing = sqlx::query(
-        "SELECT i.sha256, b.stored_size FROM instances i JOIN blobs b ON b.sha256 = i.sha256 \
+    let existing = sqlx::query(&format!(
+        "{}SELECT i.sha256, b.stored_size FROM instances i JOIN blobs b ON b.sha256 = i.sha256 \
          WHERE i.sop_instance_uid = $1",
-    )
+        begin_first(begin)
+    ))
     .bind(&rec.attrs.sop_instance_uid)
-    .fetch_optional(&mut **tx)
+    .fetch_optional(&mut *tx)
     .await?;
     if let Some(row) = &existing {
         let sha: String = row.get(0);
@@ -612,7 +620,7 @@ async fn record_in_tx(
          VALUES ({kind}, {sop}, {series}, {study}, {now_param}) RETURNING 'seq', seq"
     ));
     let (sql, args) = script.into_parts()?;
-    let rows: Vec<(String, i64)> = sqlx::query_as_with(&sql, args).fetch_all(&mut **tx).await?;
+    let rows: Vec<(String, i64)> = sqlx::query_as_with(&sql, args).fetch_all(&mut *tx).await?;
     let tagged = |tag: &str| rows.iter().find(|(t, _)| t == tag).map(|(_, v)| *v);
     let (Some(patient_pk), Some(mut seq)) = (tagged("patient"), tagged("seq")) else {
         return Err(ArchiveError::CatalogWrite(format!(
@@ -632,7 +640,7 @@ async fn record_in_tx(
         .bind(&a.study_instance_uid)
         .bind(accession)
         .bind(patient_id)
-        .fetch_all(&mut **tx)
+        .fetch_all(&mut *tx)
         .await?;
         for report_id in linked {
             let linked_seq = append_report_change(
@@ -667,7 +675,7 @@ async fn record_in_tx(
     } else {
         sqlx::query_scalar("SELECT stored_size FROM blobs WHERE sha256 = $1")
             .bind(&rec.blob.sha256)
-            .fetch_one(&mut **tx)
+            .fetch_one(&mut *tx)
             .await?
     };
     Ok(RecordOutcome::Recorded {
@@ -705,6 +713,11 @@ impl<'q> Script<'q> {
         format!("${}", self.count)
     }
 
+    /// Add SQL as is (e.g. `BEGIN;\n`).
+    pub fn push_raw(&mut self, sql: &str) {
+        self.sql.push_str(sql);
+    }
+
     pub fn push(&mut self, statement: &str) {
         self.sql.push_str(statement);
         self.sql.push_str(";\n");
@@ -723,7 +736,7 @@ impl<'q> Script<'q> {
 
 /// Append a report's entry to the change feed; its seq.
 pub(crate) async fn append_report_change(
-    tx: &mut Transaction<'_, Sqlite>,
+    tx: &mut SqliteConnection,
     kind: &str,
     report_id: i64,
     study_instance_uid: Option<&str>,
@@ -737,7 +750,7 @@ pub(crate) async fn append_report_change(
     .bind(report_id)
     .bind(study_instance_uid)
     .bind(now)
-    .fetch_one(&mut **tx)
+    .fetch_one(&mut *tx)
     .await?)
 }
 
@@ -819,12 +832,14 @@ async fn commit_group(
     pool: &SqlitePool,
     batch: &[PendingWrite],
 ) -> Result<Vec<Result<Written, ArchiveError>>, ArchiveError> {
-    // Fast path: the whole group in one transaction.
-    let mut tx = pool.begin().await?;
+    let mut conn = pool.acquire().await?;
+    // Fast path: the whole group in one transaction, opened by the first
+    // query of the first write (one round trip less per group).
+    let mut begin = true;
     let mut outcomes = Vec::with_capacity(batch.len());
     let mut failed = false;
     for pending in batch {
-        match pending.write(&mut tx).await {
+        match pending.write(&mut conn, &mut begin).await {
             Ok(outcome) => outcomes.push(outcome),
             Err(e) => {
                 tracing::warn!(error = %e, write = %pending.describe(), "record failed; retrying the group one by one");
@@ -834,24 +849,60 @@ async fn commit_group(
         }
     }
     if !failed {
-        tx.commit().await?;
+        finish(&mut conn, begin, true).await?;
         return Ok(outcomes.into_iter().map(Ok).collect());
     }
-    tx.rollback().await?;
+    finish(&mut conn, begin, false).await?;
     // Slow path: one transaction per write, so one bad write fails alone.
     let mut results = Vec::with_capacity(batch.len());
     for pending in batch {
-        let mut tx = pool.begin().await?;
-        match pending.write(&mut tx).await {
+        let mut begin = true;
+        match pending.write(&mut conn, &mut begin).await {
             Ok(outcome) => {
-                tx.commit().await?;
+                finish(&mut conn, begin, true).await?;
                 results.push(Ok(outcome));
             }
             Err(e) => {
-                tx.rollback().await?;
+                finish(&mut conn, begin, false).await?;
                 results.push(Err(e));
             }
         }
     }
     Ok(results)
+}
+
+/// `BEGIN` for the first query of a group's transaction, once.
+fn begin_first(begin: &mut bool) -> &'static str {
+    if std::mem::take(begin) {
+        "BEGIN;\n"
+    } else {
+        ""
+    }
+}
+
+/// End the transaction a write opened (`begin` false: its first query ran)
+/// with `COMMIT`, or `ROLLBACK` when not `commit`. A failed `COMMIT` is
+/// rolled back. A connection whose rollback fails is closed rather than
+/// given back to the pool inside a transaction (after a failure inside
+/// `BEGIN` itself there is none to roll back, which is fine).
+async fn finish(
+    conn: &mut PoolConnection<Sqlite>,
+    begin: bool,
+    commit: bool,
+) -> Result<(), ArchiveError> {
+    if begin {
+        return Ok(());
+    }
+    let committed = if commit {
+        sqlx::query("COMMIT").execute(&mut **conn).await.map(|_| ())
+    } else {
+        Ok(())
+    };
+    if !commit || committed.is_err() {
+        match sqlx::query("ROLLBACK").execute(&mut **conn).await {
+            Err(e) if !e.to_string().contains("no transaction is active") => conn.close_on_drop(),
+            _ => {}
+        }
+    }
+    Ok(committed?)
 }

@@ -3,13 +3,13 @@
 
 use sqlx::Row;
 
+use sqlx::SqliteConnection;
 use sqlx::sqlite::SqliteRow;
-use sqlx::{Sqlite, Transaction};
 
 use bytes::Bytes;
 use tokio::sync::oneshot;
 
-use super::{Catalog, PendingWrite, Script, now_rfc3339};
+use super::{Catalog, PendingWrite, Script, begin_first, now_rfc3339};
 use crate::error::ArchiveError;
 use crate::model::patient_key;
 use crate::results::{
@@ -225,12 +225,14 @@ pub(super) struct PendingMessage {
 /// Record one message inside the writer's transaction, in one round trip
 /// to the connection's thread (two when a result corrects an earlier one).
 pub(super) async fn record_message_in_tx(
-    tx: &mut Transaction<'_, Sqlite>,
+    tx: &mut SqliteConnection,
     pending: &PendingMessage,
+    begin: &mut bool,
 ) -> Result<MessageOutcome, ArchiveError> {
     let (message, blob) = (&pending.message, &pending.blob);
     let now = now_rfc3339();
     let mut script = Script::default();
+    script.push_raw(begin_first(begin));
     // The message row first: a message already recorded under this sender
     // and control id fails its UNIQUE constraint there, before anything
     // else of the script runs (SQLite undoes just that statement).
@@ -298,7 +300,7 @@ pub(super) async fn record_message_in_tx(
     }
     let (sql, args) = script.into_parts()?;
     let returned = match sqlx::query_scalar_with::<_, i64, _>(&sql, args)
-        .fetch_all(&mut **tx)
+        .fetch_all(&mut *tx)
         .await
     {
         Ok(rows) => rows,
@@ -311,7 +313,7 @@ pub(super) async fn record_message_in_tx(
             )
             .bind(&message.sender)
             .bind(&message.control_id)
-            .fetch_one(&mut **tx)
+            .fetch_one(&mut *tx)
             .await?;
             return Ok(MessageOutcome::AlreadyPresent {
                 message_id: row.try_get(0)?,
@@ -550,7 +552,7 @@ fn push_report<'q>(
 /// superseded by it: history, not an overwrite. `ids` are the report's
 /// new result ids in order.
 async fn supersede_corrected(
-    tx: &mut Transaction<'_, Sqlite>,
+    tx: &mut SqliteConnection,
     r: &ResultReport,
     report_id: i64,
     patient_pk: i64,
@@ -575,7 +577,7 @@ async fn supersede_corrected(
             .bind(&r.placer_number)
             .bind(&r.accession_number)
             .bind(report_id)
-            .execute(&mut **tx)
+            .execute(&mut *tx)
             .await?;
         }
     }
