@@ -68,6 +68,18 @@ fn peak_rss(pid: u32) -> u64 {
         .map_or(0, |kb| kb * 1024)
 }
 
+/// CPU seconds (user + system) a process and its reaped children used.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after_name = stat.rsplit(')').next().unwrap_or("");
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    // utime, stime, cutime, cstime: fields 14-17 of stat(5), 11-14 here.
+    let ticks: f64 = (11..=14)
+        .filter_map(|i| fields.get(i).and_then(|v| v.parse::<f64>().ok()))
+        .sum();
+    ticks / 100.0
+}
+
 fn du(path: &Path) -> u64 {
     let mut total = 0;
     if let Ok(entries) = std::fs::read_dir(path) {
@@ -104,6 +116,7 @@ struct Row {
     seconds: f64,
     stored: u64,
     rss: u64,
+    cpu: f64,
 }
 
 /// Send `files` split over `associations` concurrent storescu runs.
@@ -264,7 +277,13 @@ fn main() -> anyhow::Result<()> {
     // storescu sends uncompressed data sets; generate what modalities send.
     let mut spec = DatasetSpec::mixed_of_size(args.size_mb * 1_000_000, args.seed);
     spec.transfer_syntax = Some(pacs_fixtures::ts::EXPLICIT_VR_LE);
-    let _ = std::fs::remove_dir_all(&args.work);
+    // An earlier run's folder is moved aside and deleted after this run's
+    // measurements, not before them (see the note printed at the end).
+    let stale = args.work.with_extension("old");
+    if args.work.exists() {
+        let _ = std::fs::remove_dir_all(&stale);
+        std::fs::rename(&args.work, &stale)?;
+    }
     std::fs::create_dir_all(&args.work)?;
     // Absolute: Orthanc resolves relative paths against its config file.
     let work = args.work.canonicalize()?;
@@ -321,6 +340,7 @@ fn main() -> anyhow::Result<()> {
             eprintln!("{} over {associations} association(s) ...", server.name);
             let seconds = send(&server, &files, associations)?;
             let rss = peak_rss(server.child.id());
+            let cpu = cpu_seconds(server.child.id());
             let stored = du(&server.storage);
             rows.push(Row {
                 server: server.name.clone(),
@@ -328,6 +348,7 @@ fn main() -> anyhow::Result<()> {
                 seconds,
                 stored,
                 rss,
+                cpu,
             });
             // Stopped, its data kept until the end: deleting a thousand
             // files makes the next server's file creations slower for
@@ -345,9 +366,9 @@ fn main() -> anyhow::Result<()> {
         std::thread::available_parallelism().map_or(1, |c| c.get())
     );
     println!(
-        "| server | associations | wall s | instances/s | MB/s | stored MB | stored % | peak RSS MB | pacs-lite MB/s ratio |"
+        "| server | associations | wall s | instances/s | MB/s | stored MB | stored % | peak RSS MB | server CPU s | pacs-lite MB/s ratio |"
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for row in &rows {
         let mbps = total_bytes as f64 / 1e6 / row.seconds;
         let ours = rows
@@ -355,7 +376,7 @@ fn main() -> anyhow::Result<()> {
             .find(|r| r.server == "pacs-lite" && r.associations == row.associations)
             .map(|r| total_bytes as f64 / 1e6 / r.seconds);
         println!(
-            "| {} | {} | {:.2} | {:.1} | {:.1} | {:.1} | {:.1}% | {:.0} | {} |",
+            "| {} | {} | {:.2} | {:.1} | {:.1} | {:.1} | {:.1}% | {:.0} | {:.2} | {} |",
             row.server,
             row.associations,
             row.seconds,
@@ -364,6 +385,7 @@ fn main() -> anyhow::Result<()> {
             row.stored as f64 / 1e6,
             100.0 * row.stored as f64 / total_bytes as f64,
             row.rss as f64 / 1e6,
+            row.cpu,
             ours.map_or("-".into(), |o| format!("{:.2}x", o / mbps)),
         );
     }
@@ -375,5 +397,6 @@ fn main() -> anyhow::Result<()> {
         "Every server's data is kept until all runs are done (deleting files slows the next run's file creations); `sync` before each run."
     );
     let _ = std::fs::remove_dir_all(&args.work);
+    let _ = std::fs::remove_dir_all(&stale);
     Ok(())
 }
