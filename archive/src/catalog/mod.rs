@@ -514,26 +514,14 @@ async fn record_in_tx(
     // instance (one upsert: reached only for a new instance or an allowed
     // replacement) and its change-feed entry. Rows are tagged, since a
     // conflicting insert returns none.
-    let patient = PatientRow::from(a);
     let mut script = Script::default();
     let now_param = script.bind(now.as_str());
-    let key = script.bind(&patient.key);
-    let p = [
-        key.clone(),
-        script.bind(patient.id),
-        script.bind(patient.issuer),
-        script.bind(patient.name),
-        script.bind(patient.birth_date),
-        script.bind(patient.sex),
-        now_param.clone(),
-    ]
-    .join(", ");
-    script.push(&format!(
-        "INSERT INTO patients (patient_key, patient_id, issuer_of_patient_id, patient_name, \
-         birth_date, sex, created_at) VALUES ({p}) \
-         ON CONFLICT (patient_key) DO UPDATE SET patient_key = excluded.patient_key \
-         RETURNING 'patient', id"
-    ));
+    let (key, _) = push_patient(
+        &mut script,
+        PatientRow::from(a),
+        &now_param,
+        "'patient', id",
+    );
     let study = script.bind(&a.study_instance_uid);
     let p = [
         study.clone(),
@@ -732,6 +720,36 @@ impl<'q> Script<'q> {
             None => Ok((self.sql, self.args)),
         }
     }
+}
+
+/// Add the upsert of a patient to `script` (the no-op update makes
+/// `RETURNING` give the id of an existing row too); returns the
+/// placeholders of its key and of its Patient ID.
+pub(crate) fn push_patient<'q>(
+    script: &mut Script<'q>,
+    patient: PatientRow<'q>,
+    now: &str,
+    returning: &str,
+) -> (String, String) {
+    let key = script.bind(patient.key);
+    let id = script.bind(patient.id);
+    let p = [
+        key.clone(),
+        id.clone(),
+        script.bind(patient.issuer),
+        script.bind(patient.name),
+        script.bind(patient.birth_date),
+        script.bind(patient.sex),
+        now.to_owned(),
+    ]
+    .join(", ");
+    script.push(&format!(
+        "INSERT INTO patients (patient_key, patient_id, issuer_of_patient_id, patient_name, \
+         birth_date, sex, created_at) VALUES ({p}) \
+         ON CONFLICT (patient_key) DO UPDATE SET patient_key = excluded.patient_key \
+         RETURNING {returning}"
+    ));
+    (key, id)
 }
 
 /// Append a report's entry to the change feed; its seq.

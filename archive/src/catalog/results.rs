@@ -9,7 +9,7 @@ use sqlx::sqlite::SqliteRow;
 use bytes::Bytes;
 use tokio::sync::oneshot;
 
-use super::{Catalog, PendingWrite, Script, begin_first, now_rfc3339};
+use super::{Catalog, PatientRow, PendingWrite, Script, begin_first, now_rfc3339, push_patient};
 use crate::error::ArchiveError;
 use crate::model::patient_key;
 use crate::results::{
@@ -271,28 +271,20 @@ pub(super) async fn record_message_in_tx(
     // report the report id, each result's id and the change's seq.
     for group in &message.patients {
         let patient = &group.patient;
-        let key = script.bind(patient_key(
-            Some(&patient.id),
-            patient.issuer.as_deref(),
-            patient.name.as_deref(),
-            patient.birth_date.as_deref(),
-        ));
-        let patient_id = script.bind(&patient.id);
-        let p = [
-            key.clone(),
-            patient_id.clone(),
-            script.bind(&patient.issuer),
-            script.bind(&patient.name),
-            script.bind(&patient.birth_date),
-            script.bind(&patient.sex),
-            now_param.clone(),
-        ]
-        .join(", ");
-        script.push(&format!(
-            "INSERT INTO patients (patient_key, patient_id, issuer_of_patient_id, patient_name, \
-             birth_date, sex, created_at) VALUES ({p}) \
-             ON CONFLICT (patient_key) DO UPDATE SET patient_key = excluded.patient_key RETURNING id"
-        ));
+        let row = PatientRow {
+            key: patient_key(
+                Some(&patient.id),
+                patient.issuer.as_deref(),
+                patient.name.as_deref(),
+                patient.birth_date.as_deref(),
+            ),
+            id: Some(&patient.id),
+            issuer: patient.issuer.as_deref(),
+            name: patient.name.as_deref(),
+            birth_date: patient.birth_date.as_deref(),
+            sex: patient.sex.as_deref(),
+        };
+        let (key, patient_id) = push_patient(&mut script, row, &now_param, "id");
         let patient_pk = format!("(SELECT id FROM patients WHERE patient_key = {key})");
         for r in &group.reports {
             push_report(&mut script, r, &patient_pk, &patient_id, &now_param);
