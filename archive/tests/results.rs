@@ -391,3 +391,85 @@ async fn an_acknowledged_message_is_readable_before_and_after_the_move() {
     assert_eq!(report.messages_checked, raws.len() as u64);
     assert!(report.damaged.is_empty(), "{:?}", report.damaged);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_message_sent_at_once_is_recorded_once_and_its_group_mates_are_unharmed() {
+    let (dir, archive) = open().await;
+    let raw = Bytes::from_static(b"MSH|^~\\&|LAB|GENERAL|...burst");
+    // Eight copies of one message and four other messages at once: they
+    // share group commits, where a copy fails the catalog's unique key.
+    let copies = (0..8).map(|_| {
+        archive.ingest_message(
+            raw.clone(),
+            message("BURST", "P300", vec![hgb(13.1, "F")]),
+            src(),
+        )
+    });
+    let others = (0..4).map(|i| {
+        archive.ingest_message(
+            Bytes::from(format!("MSH|^~\\&|LAB|GENERAL|...other {i}")),
+            message(
+                &format!("OTHER{i}"),
+                "P301",
+                vec![hgb(14.0 + i as f64, "F")],
+            ),
+            src(),
+        )
+    });
+    let (copies, others) = tokio::join!(
+        futures::future::join_all(copies),
+        futures::future::join_all(others)
+    );
+    let stored: Vec<i64> = copies
+        .iter()
+        .filter_map(|r| match r {
+            MessageReceipt::Stored { message_id, .. } => Some(*message_id),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(stored.len(), 1, "{copies:?}");
+    for receipt in &copies {
+        assert!(
+            matches!(receipt, MessageReceipt::Stored { .. })
+                || *receipt
+                    == MessageReceipt::Duplicate {
+                        message_id: stored[0]
+                    },
+            "{receipt}"
+        );
+    }
+    assert!(
+        others
+            .iter()
+            .all(|r| matches!(r, MessageReceipt::Stored { .. })),
+        "{others:?}"
+    );
+    let catalog = archive.catalog();
+    assert_eq!(
+        catalog
+            .patient_observations("P300", None, None)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(
+        catalog
+            .patient_observations("P301", None, None)
+            .await
+            .unwrap()
+            .len(),
+        4
+    );
+    // The raw bytes of each distinct message, once: five messages.
+    let _ = objects(&archive, dir.path()).await;
+    assert_eq!(archive.catalog().message_blobs().await.unwrap().len(), 5);
+    assert_eq!(
+        catalog
+            .message_by_key("LAB|GENERAL", "BURST")
+            .await
+            .unwrap()
+            .map(|(id, _)| id),
+        Some(stored[0])
+    );
+}
