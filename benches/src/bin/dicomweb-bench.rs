@@ -20,7 +20,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
@@ -31,6 +31,7 @@ use bytes::Bytes;
 use clap::Parser;
 use futures::StreamExt;
 use pacs_archive::{Archive, ArchiveConfig, IngestReceipt, IngestSource};
+use pacs_benches::{free_port, pacs_binary};
 use pacs_fixtures::{DatasetSpec, FixtureFile, ts};
 use rayon::prelude::*;
 
@@ -84,14 +85,6 @@ struct Args {
 
 // ---------------------------------------------------------------------------
 // Small helpers
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// splitmix64: a deterministic stream of numbers without a crate.
 struct Rng(u64);
@@ -1240,18 +1233,7 @@ fn ms(v: Option<f64>) -> String {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let pacs = match args.pacs.clone() {
-        Some(p) => p,
-        None => std::env::current_exe()?
-            .parent()
-            .context("no parent folder")?
-            .join("pacs"),
-    };
-    ensure!(
-        pacs.exists(),
-        "{} missing: cargo build --release -p pacs first",
-        pacs.display()
-    );
+    let pacs = pacs_binary(args.pacs.clone())?;
     std::fs::create_dir_all(&args.work)?;
     // Absolute: Orthanc resolves relative paths against its config file.
     let work = args.work.canonicalize()?;

@@ -7,13 +7,13 @@
 //! Needs DCMTK (`dcmtk`) and Orthanc (`orthanc`) from Debian's packages; a
 //! missing peer is reported and skipped.
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
 use clap::Parser;
+use pacs_benches::{Cpu, cpu_seconds, free_port, pacs_binary};
 use pacs_fixtures::DatasetSpec;
 
 #[derive(Debug, Parser)]
@@ -34,14 +34,6 @@ struct Args {
     /// Skip Orthanc.
     #[arg(long)]
     no_orthanc: bool,
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn wait_for_port(port: u16, child: &mut Child, what: &str) -> anyhow::Result<()> {
@@ -66,18 +58,6 @@ fn peak_rss(pid: u32) -> u64 {
                 .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
         })
         .map_or(0, |kb| kb * 1024)
-}
-
-/// CPU seconds (user + system) a process and its reaped children used.
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let after_name = stat.rsplit(')').next().unwrap_or("");
-    let fields: Vec<&str> = after_name.split_whitespace().collect();
-    // utime, stime, cutime, cstime: fields 14-17 of stat(5), 11-14 here.
-    let ticks: f64 = (11..=14)
-        .filter_map(|i| fields.get(i).and_then(|v| v.parse::<f64>().ok()))
-        .sum();
-    ticks / 100.0
 }
 
 fn du(path: &Path) -> u64 {
@@ -261,18 +241,7 @@ fn main() -> anyhow::Result<()> {
         Path::new("/usr/bin/storescu").exists(),
         "DCMTK is missing: apt-get install dcmtk"
     );
-    let pacs = match args.pacs.clone() {
-        Some(p) => p,
-        None => std::env::current_exe()?
-            .parent()
-            .context("no parent folder")?
-            .join("pacs"),
-    };
-    ensure!(
-        pacs.exists(),
-        "{} missing: build the pacs binary first",
-        pacs.display()
-    );
+    let pacs = pacs_binary(args.pacs.clone())?;
 
     // storescu sends uncompressed data sets; generate what modalities send.
     let mut spec = DatasetSpec::mixed_of_size(args.size_mb * 1_000_000, args.seed);
@@ -340,7 +309,7 @@ fn main() -> anyhow::Result<()> {
             eprintln!("{} over {associations} association(s) ...", server.name);
             let seconds = send(&server, &files, associations)?;
             let rss = peak_rss(server.child.id());
-            let cpu = cpu_seconds(server.child.id());
+            let cpu = cpu_seconds(Cpu::WithChildren(server.child.id()));
             let stored = du(&server.storage);
             rows.push(Row {
                 server: server.name.clone(),

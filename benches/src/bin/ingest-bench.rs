@@ -2,7 +2,6 @@
 //! zstd alone (one thread), and the whole pipeline into the filesystem and
 //! S3 backends, with the stored/original size ratio.
 
-use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -14,6 +13,7 @@ use futures::StreamExt;
 use futures::future::BoxFuture;
 use pacs_archive::store::{ObjectStore, StoreError};
 use pacs_archive::{Archive, ArchiveConfig, IngestSource, S3Config, StorageBackend};
+use pacs_benches::{Cpu, cpu_seconds, free_port};
 use pacs_fixtures::DatasetSpec;
 use rayon::prelude::*;
 use sha2::{Digest, Sha256};
@@ -62,30 +62,10 @@ struct Row {
     cpu: f64,
 }
 
-/// CPU seconds this process has used so far (all threads), from /proc.
-fn cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let after_name = stat.rsplit(')').next().unwrap_or("");
-    let fields: Vec<&str> = after_name.split_whitespace().collect();
-    let ticks: f64 = [11, 12]
-        .iter()
-        .filter_map(|&i| fields.get(i).and_then(|v| v.parse::<f64>().ok()))
-        .sum();
-    ticks / 100.0
-}
-
 impl Row {
     fn mbps(&self) -> f64 {
         self.bytes as f64 / 1e6 / self.seconds
     }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// An object store that keeps blobs in memory: isolates the cost of the
@@ -165,7 +145,7 @@ async fn main() -> anyhow::Result<()> {
 
     eprintln!("SHA-256, one thread ...");
     let started = Instant::now();
-    let cpu0 = cpu_seconds();
+    let cpu0 = cpu_seconds(Cpu::Own);
     let mut sink = 0u8;
     for f in &files {
         sink ^= Sha256::digest(f)[0];
@@ -177,12 +157,12 @@ async fn main() -> anyhow::Result<()> {
         bytes: total,
         seconds: started.elapsed().as_secs_f64(),
         stored: None,
-        cpu: cpu_seconds() - cpu0,
+        cpu: cpu_seconds(Cpu::Own) - cpu0,
     });
 
     eprintln!("zstd level {}, one thread ...", args.zstd_level);
     let started = Instant::now();
-    let cpu0 = cpu_seconds();
+    let cpu0 = cpu_seconds(Cpu::Own);
     let mut compressed = 0u64;
     for f in &files {
         compressed += zstd::bulk::compress(f, args.zstd_level)?.len() as u64;
@@ -193,7 +173,7 @@ async fn main() -> anyhow::Result<()> {
         bytes: total,
         seconds: started.elapsed().as_secs_f64(),
         stored: Some(compressed),
-        cpu: cpu_seconds() - cpu0,
+        cpu: cpu_seconds(Cpu::Own) - cpu0,
     });
     let zstd_row = rows.len() - 1;
 
@@ -209,7 +189,7 @@ async fn main() -> anyhow::Result<()> {
     eprintln!("stored form (planar pixel data), one thread ...");
     let one_thread = rayon::ThreadPoolBuilder::new().num_threads(1).build()?;
     let started = Instant::now();
-    let cpu0 = cpu_seconds();
+    let cpu0 = cpu_seconds(Cpu::Own);
     let compressed = one_thread.install(|| {
         files
             .iter()
@@ -226,12 +206,12 @@ async fn main() -> anyhow::Result<()> {
         bytes: total,
         seconds: started.elapsed().as_secs_f64(),
         stored: Some(compressed),
-        cpu: cpu_seconds() - cpu0,
+        cpu: cpu_seconds(Cpu::Own) - cpu0,
     });
 
     eprintln!("parse and validate, one thread ...");
     let started = Instant::now();
-    let cpu0 = cpu_seconds();
+    let cpu0 = cpu_seconds(Cpu::Own);
     for f in &files {
         assert!(pacs_archive::ingest::parse_part10(f, 1024).is_ok());
     }
@@ -241,12 +221,12 @@ async fn main() -> anyhow::Result<()> {
         bytes: total,
         seconds: started.elapsed().as_secs_f64(),
         stored: None,
-        cpu: cpu_seconds() - cpu0,
+        cpu: cpu_seconds(Cpu::Own) - cpu0,
     });
 
     eprintln!("CPU stages (parse, SHA-256, zstd) on rayon, no I/O ...");
     let started = Instant::now();
-    let cpu0 = cpu_seconds();
+    let cpu0 = cpu_seconds(Cpu::Own);
     let compressed: u64 = files
         .par_iter()
         .map(|f| {
@@ -264,7 +244,7 @@ async fn main() -> anyhow::Result<()> {
         bytes: total,
         seconds: started.elapsed().as_secs_f64(),
         stored: Some(compressed),
-        cpu: cpu_seconds() - cpu0,
+        cpu: cpu_seconds(Cpu::Own) - cpu0,
     });
 
     std::fs::create_dir_all(&args.work)?;
@@ -276,7 +256,7 @@ async fn main() -> anyhow::Result<()> {
     let archive =
         Archive::open_with_store(config, std::sync::Arc::new(MemoryStore::default())).await?;
     eprintln!("pipeline into a memory store (catalog on disk) ...");
-    let cpu0 = cpu_seconds();
+    let cpu0 = cpu_seconds(Cpu::Own);
     let (seconds, stored) = ingest_all(&archive, &files).await?;
     rows.push(Row {
         stage: "pipeline -> memory store (diagnostic)".into(),
@@ -284,7 +264,7 @@ async fn main() -> anyhow::Result<()> {
         bytes: total,
         seconds,
         stored: Some(stored),
-        cpu: cpu_seconds() - cpu0,
+        cpu: cpu_seconds(Cpu::Own) - cpu0,
     });
     drop(archive);
 
@@ -295,7 +275,7 @@ async fn main() -> anyhow::Result<()> {
     config.ingest.max_in_flight = args.max_in_flight;
     let archive = Archive::open(config).await?;
     eprintln!("pipeline into the filesystem backend ...");
-    let cpu0 = cpu_seconds();
+    let cpu0 = cpu_seconds(Cpu::Own);
     let (seconds, stored) = ingest_all(&archive, &files).await?;
     rows.push(Row {
         stage: "pipeline -> filesystem".into(),
@@ -303,7 +283,7 @@ async fn main() -> anyhow::Result<()> {
         bytes: total,
         seconds,
         stored: Some(stored),
-        cpu: cpu_seconds() - cpu0,
+        cpu: cpu_seconds(Cpu::Own) - cpu0,
     });
     let fs_row = rows.len() - 1;
     drop(archive);
@@ -353,7 +333,7 @@ async fn main() -> anyhow::Result<()> {
         };
         let archive = Archive::open(config).await?;
         eprintln!("pipeline into the S3 backend (s3s-fs on 127.0.0.1) ...");
-        let cpu0 = cpu_seconds();
+        let cpu0 = cpu_seconds(Cpu::Own);
         let (seconds, stored) = ingest_all(&archive, &files).await?;
         rows.push(Row {
             stage: "pipeline -> S3 (s3s-fs)".into(),
@@ -361,7 +341,7 @@ async fn main() -> anyhow::Result<()> {
             bytes: total,
             seconds,
             stored: Some(stored),
-            cpu: cpu_seconds() - cpu0,
+            cpu: cpu_seconds(Cpu::Own) - cpu0,
         });
     } else {
         eprintln!("s3s-fs not found: S3 row skipped (scripts/test installs it)");

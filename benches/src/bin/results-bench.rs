@@ -32,6 +32,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail, ensure};
 use clap::Parser;
 use pacs_archive::{Archive, ArchiveConfig};
+use pacs_benches::{Cpu, cpu_seconds, pacs_binary, percentile_ms};
 use pacs_fixtures::hl7::oru_message;
 
 /// Issue 5's target for acknowledged ORU^R01 per second on 2 cores.
@@ -70,33 +71,6 @@ fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
         .unwrap_or_else(|_| "?".into())
-}
-
-/// User + system CPU time of a process, seconds (from /proc).
-fn cpu_seconds(pid: u32) -> f64 {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return 0.0;
-    };
-    // Fields after the parenthesised command name; utime and stime are the
-    // 14th and 15th fields of the line.
-    let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
-        return 0.0;
-    };
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: u64 = fields
-        .get(11..13)
-        .map(|f| f.iter().filter_map(|v| v.parse::<u64>().ok()).sum())
-        .unwrap_or(0);
-    // USER_HZ is 100 on Linux.
-    ticks as f64 / 100.0
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let i = ((sorted.len() - 1) as f64 * p).round() as usize;
-    sorted[i].as_secs_f64() * 1e3
 }
 
 /// Mean cost of a few durable-write patterns in `dir`, microseconds.
@@ -440,11 +414,11 @@ fn run_mllp(
     let server = start_pacs(pacs, &data)?;
     let pid = server.child.id();
     send_over(server.mllp, warmup, connections).context("warm-up")?;
-    let cpu_before = cpu_seconds(pid);
+    let cpu_before = cpu_seconds(Cpu::Of(pid));
     let started = Instant::now();
     let mut latencies = send_over(server.mllp, timed, connections)?;
     let seconds = started.elapsed().as_secs_f64();
-    let server_cpu_s = cpu_seconds(pid) - cpu_before;
+    let server_cpu_s = cpu_seconds(Cpu::Of(pid)) - cpu_before;
     server.kill();
 
     latencies.sort();
@@ -459,8 +433,8 @@ fn run_mllp(
         connections,
         messages: timed.len(),
         seconds,
-        p50_ms: percentile(&latencies, 0.50),
-        p99_ms: percentile(&latencies, 0.99),
+        p50_ms: percentile_ms(&latencies, 0.50),
+        p99_ms: percentile_ms(&latencies, 0.99),
         server_cpu_s,
         stored,
     })
@@ -513,18 +487,7 @@ fn print_mllp(rows: &[MllpRow], probe: &FsyncProbe, notes: &[String]) {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let pacs = match args.pacs.clone() {
-        Some(p) => p,
-        None => std::env::current_exe()?
-            .parent()
-            .context("no parent folder")?
-            .join("pacs"),
-    };
-    ensure!(
-        pacs.exists(),
-        "{} missing: cargo build --release -p pacs first",
-        pacs.display()
-    );
+    let pacs = pacs_binary(args.pacs.clone())?;
     std::fs::create_dir_all(&args.work)?;
     let work = args.work.canonicalize()?;
     for &connections in &args.connections {

@@ -19,7 +19,7 @@
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{Context, ensure};
 use bytes::Bytes;
@@ -28,6 +28,7 @@ use futures::StreamExt;
 use pacs_archive::catalog::TokenRole;
 use pacs_archive::results::MessageReceipt;
 use pacs_archive::{Archive, ArchiveConfig, IngestSource};
+use pacs_benches::percentile_ms;
 use pacs_hl7_gateway::{OruMessage, ReceivedMessage, to_result_message};
 use pacs_indexer::{DocKind, StudyIndex, TextSearch};
 use pacs_viewer_api::{AppState, HttpConfig, auth, router};
@@ -344,14 +345,6 @@ fn classes(words: &[(String, usize)], patients: &[String], dates: &(String, Stri
     out
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i].as_secs_f64() * 1000.0
-}
-
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     std::fs::create_dir_all(&args.work)?;
@@ -472,15 +465,15 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
         direct.sort_unstable();
         http.sort_unstable();
-        let p99 = percentile(&http, 0.99).max(percentile(&direct, 0.99));
+        let p99 = percentile_ms(&http, 0.99).max(percentile_ms(&direct, 0.99));
         println!(
             "| {} | {} | {:.2} | {:.2} | {:.2} | {:.2} | 30 | {} |",
             class.name,
             matches / class.searches.len().min(args.requests).max(1),
-            percentile(&direct, 0.5),
-            percentile(&direct, 0.99),
-            percentile(&http, 0.5),
-            percentile(&http, 0.99),
+            percentile_ms(&direct, 0.5),
+            percentile_ms(&direct, 0.99),
+            percentile_ms(&http, 0.5),
+            percentile_ms(&http, 0.99),
             if p99 < 30.0 { "yes" } else { "no" }
         );
     }
