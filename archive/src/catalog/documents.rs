@@ -4,7 +4,7 @@
 //! `reports` row with the extracted text, written in the transaction that
 //! records the instance, so an acknowledged SR always has its report.
 
-use sqlx::{Row, SqliteConnection};
+use sqlx::SqliteConnection;
 
 use super::{BlobRecord, append_report_change};
 use crate::error::ArchiveError;
@@ -34,18 +34,15 @@ pub(crate) async fn record_document(
     doc: Option<&ReportDocument>,
     now: &str,
 ) -> Result<Option<i64>, ArchiveError> {
-    let recorded = sqlx::query(
-        "SELECT m.id, (SELECT r.id FROM reports r WHERE r.message_id = m.id ORDER BY r.id LIMIT 1) \
-         FROM messages m WHERE m.sender = $1 AND m.control_id = $2",
+    // The report of an earlier version of this instance, if any.
+    let report_id: Option<i64> = sqlx::query_scalar(
+        "SELECT r.id FROM messages m JOIN reports r ON r.message_id = m.id \
+         WHERE m.sender = $1 AND m.control_id = $2 ORDER BY r.id LIMIT 1",
     )
     .bind(DICOM_SENDER)
     .bind(&attrs.sop_instance_uid)
     .fetch_optional(&mut *tx)
     .await?;
-    let (message_id, report_id): (Option<i64>, Option<i64>) = match &recorded {
-        Some(row) => (Some(row.try_get(0)?), row.try_get(1)?),
-        None => (None, None),
-    };
     let Some(doc) = doc else {
         if let Some(report_id) = report_id {
             sqlx::query("UPDATE reports SET report_text = NULL WHERE id = $1")
@@ -64,88 +61,59 @@ pub(crate) async fn record_document(
         }
         return Ok(None);
     };
-    let message_id =
-        match message_id {
-            Some(id) => {
-                sqlx::query(
-                    "UPDATE messages SET message_type = $1, sha256 = $2, blob_key = $3, \
-                 original_size = $4, stored_size = $5, received_at = $6, source = $7 WHERE id = $8",
-                )
-                .bind(doc.kind)
-                .bind(&blob.sha256)
-                .bind(&blob.blob_key)
-                .bind(blob.original_size as i64)
-                .bind(blob.stored_size as i64)
-                .bind(now)
-                .bind(source)
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
-                id
-            }
-            None => sqlx::query_scalar(
-                "INSERT INTO messages (format, message_type, sender, control_id, sha256, blob_key, \
-                 original_size, stored_size, received_at, source) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING id",
-            )
-            .bind(DICOM_FORMAT)
-            .bind(doc.kind)
-            .bind(DICOM_SENDER)
-            .bind(&attrs.sop_instance_uid)
-            .bind(&blob.sha256)
-            .bind(&blob.blob_key)
-            .bind(blob.original_size as i64)
-            .bind(blob.stored_size as i64)
-            .bind(now)
-            .bind(source)
-            .fetch_one(&mut *tx)
-            .await?,
-        };
-    let report_id = match report_id {
-        Some(id) => {
-            sqlx::query(
-                "UPDATE reports SET patient_pk = $1, accession_number = $2, service_code = $3, \
-                 service_display = $4, service_system = $5, observed_at = $6, status = $7, \
-                 report_text = $8, study_instance_uid = $9, sop_instance_uid = $10 WHERE id = $11",
-            )
-            .bind(patient_pk)
-            .bind(&attrs.accession_number)
-            .bind(&doc.title_code)
-            .bind(&doc.title)
-            .bind(&doc.title_code_system)
-            .bind(&doc.observed_at)
-            .bind(&doc.status)
-            .bind(&doc.text)
-            .bind(&attrs.study_instance_uid)
-            .bind(&attrs.sop_instance_uid)
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
-            id
-        }
-        None => {
-            sqlx::query_scalar(
-                "INSERT INTO reports (message_id, patient_pk, accession_number, service_code, \
-                 service_display, service_system, observed_at, status, report_text, \
-                 study_instance_uid, sop_instance_uid, created_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING id",
-            )
-            .bind(message_id)
-            .bind(patient_pk)
-            .bind(&attrs.accession_number)
-            .bind(&doc.title_code)
-            .bind(&doc.title)
-            .bind(&doc.title_code_system)
-            .bind(&doc.observed_at)
-            .bind(&doc.status)
-            .bind(&doc.text)
-            .bind(&attrs.study_instance_uid)
-            .bind(&attrs.sop_instance_uid)
-            .bind(now)
-            .fetch_one(&mut *tx)
-            .await?
-        }
-    };
+    // The instance's message row: new, or pointed at the replacing blob.
+    let message_id: i64 = sqlx::query_scalar(
+        "INSERT INTO messages (format, message_type, sender, control_id, sha256, blob_key, \
+         original_size, stored_size, received_at, source) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
+         ON CONFLICT (sender, control_id) DO UPDATE SET message_type = excluded.message_type, \
+         sha256 = excluded.sha256, blob_key = excluded.blob_key, \
+         original_size = excluded.original_size, stored_size = excluded.stored_size, \
+         received_at = excluded.received_at, source = excluded.source \
+         RETURNING id",
+    )
+    .bind(DICOM_FORMAT)
+    .bind(doc.kind)
+    .bind(DICOM_SENDER)
+    .bind(&attrs.sop_instance_uid)
+    .bind(&blob.sha256)
+    .bind(&blob.blob_key)
+    .bind(blob.original_size as i64)
+    .bind(blob.stored_size as i64)
+    .bind(now)
+    .bind(source)
+    .fetch_one(&mut *tx)
+    .await?;
+    // A replaced instance updates its report in place (same id, message
+    // and creation time); a new one inserts it.
+    let report_id: i64 = sqlx::query_scalar(
+        "INSERT INTO reports (id, message_id, patient_pk, accession_number, service_code, \
+         service_display, service_system, observed_at, status, report_text, \
+         study_instance_uid, sop_instance_uid, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
+         ON CONFLICT (id) DO UPDATE SET patient_pk = excluded.patient_pk, \
+         accession_number = excluded.accession_number, service_code = excluded.service_code, \
+         service_display = excluded.service_display, service_system = excluded.service_system, \
+         observed_at = excluded.observed_at, status = excluded.status, \
+         report_text = excluded.report_text, study_instance_uid = excluded.study_instance_uid, \
+         sop_instance_uid = excluded.sop_instance_uid \
+         RETURNING id",
+    )
+    .bind(report_id)
+    .bind(message_id)
+    .bind(patient_pk)
+    .bind(&attrs.accession_number)
+    .bind(&doc.title_code)
+    .bind(&doc.title)
+    .bind(&doc.title_code_system)
+    .bind(&doc.observed_at)
+    .bind(&doc.status)
+    .bind(&doc.text)
+    .bind(&attrs.study_instance_uid)
+    .bind(&attrs.sop_instance_uid)
+    .bind(now)
+    .fetch_one(&mut *tx)
+    .await?;
     let seq = append_report_change(
         tx,
         "report-stored",
