@@ -2,9 +2,11 @@
 //! change feed, through sqlx.
 //!
 //! SQLite in WAL mode with `synchronous=FULL` is the embedded default: a
-//! committed transaction survives power loss. Writes go through a pool of
-//! exactly one connection (SQLite has one writer; queueing in the pool is
-//! cheaper than lock retries), reads through their own pool. Queries use
+//! committed transaction survives power loss. Writes go through exactly
+//! one connection, held by the writer task between group commits and
+//! borrowed by the few other writers (SQLite has one writer; queueing for
+//! the connection is cheaper than lock retries, and a pool would ping it
+//! twice per use), reads through their own pool. Queries use
 //! `$n` placeholders and portable SQL (`ON CONFLICT`, `RETURNING`) so a
 //! PostgreSQL backend needs only its own migration folder.
 
@@ -12,14 +14,12 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sqlx::Arguments as _;
-use sqlx::pool::PoolConnection;
 use sqlx::sqlite::{
     SqliteArguments, SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
     SqliteSynchronous,
 };
-use sqlx::{Row, Sqlite, SqliteConnection};
-use tokio::sync::{mpsc, oneshot, watch};
+use sqlx::{Arguments as _, Connection as _, Row, Sqlite, SqliteConnection};
+use tokio::sync::{Mutex, mpsc, oneshot, watch};
 
 use crate::error::ArchiveError;
 use crate::ingest::ReportDocument;
@@ -120,9 +120,10 @@ pub struct CatalogStats {
 #[derive(Debug, Clone)]
 pub struct Catalog {
     writes: mpsc::Sender<PendingWrite>,
-    /// The one writing connection, shared with the writer task (small
-    /// administrative writes such as API tokens queue on it).
-    writer: SqlitePool,
+    /// The one writing connection, shared with the writer task (the
+    /// message mover and small administrative writes such as API tokens
+    /// queue on it).
+    writer: Arc<Mutex<SqliteConnection>>,
     reader: SqlitePool,
     /// The newest change seq committed by this process's writers.
     committed_seq: Arc<watch::Sender<i64>>,
@@ -157,17 +158,18 @@ enum PendingWrite {
 }
 
 impl PendingWrite {
-    /// Write it inside the group's transaction; `begin`: the transaction is
-    /// still to be opened (by the first query of this write).
+    /// Write it inside the group's transaction (see [`GroupTx`]).
     async fn write(
         &self,
         tx: &mut SqliteConnection,
-        begin: &mut bool,
+        group: &mut GroupTx,
     ) -> Result<Written, ArchiveError> {
         Ok(match self {
-            PendingWrite::Instance(rec) => Written::Instance(record_in_tx(tx, rec, begin).await?),
+            PendingWrite::Instance(rec) => {
+                Written::Instance(record_in_tx(tx, rec, &mut group.begin).await?)
+            }
             PendingWrite::Message(m) => {
-                Written::Message(results::record_message_in_tx(tx, m, begin).await?)
+                Written::Message(results::record_message_in_tx(tx, m, group).await?)
             }
         })
     }
@@ -251,19 +253,23 @@ impl Catalog {
             .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(30));
-        let writer = SqlitePoolOptions::new()
-            .max_connections(1)
-            .connect_with(options.clone())
+        let mut writer = SqliteConnection::connect_with(&options).await?;
+        sqlx::migrate!("./migrations/sqlite")
+            .run(&mut writer)
             .await?;
-        sqlx::migrate!("./migrations/sqlite").run(&writer).await?;
+        let writer = Arc::new(Mutex::new(writer));
+        // An in-process SQLite connection cannot go stale: no ping before
+        // each use.
         let reader = SqlitePoolOptions::new()
             .max_connections(4)
-            .connect_with(options.read_only(true))
+            .test_before_acquire(false)
+            .connect_with(options.clone().read_only(true))
             .await?;
         let (writes, queue) = mpsc::channel(4 * MAX_GROUP_COMMIT);
         let committed_seq = Arc::new(watch::Sender::new(0));
         tokio::spawn(writer_task(
-            writer.clone(),
+            Arc::clone(&writer),
+            options,
             queue,
             Arc::clone(&committed_seq),
         ));
@@ -809,7 +815,8 @@ fn notify_committed(committed_seq: &watch::Sender<i64>, newest: i64) {
 /// `MAX_GROUP_COMMIT`), writes each in its own savepoint, commits once, and
 /// only then answers each ingest.
 async fn writer_task(
-    pool: SqlitePool,
+    writer: Arc<Mutex<SqliteConnection>>,
+    options: SqliteConnectOptions,
     mut queue: mpsc::Receiver<PendingWrite>,
     committed_seq: Arc<watch::Sender<i64>>,
 ) {
@@ -822,7 +829,18 @@ async fn writer_task(
                 Err(_) => break,
             }
         }
-        match commit_group(&pool, &batch).await {
+        let mut conn = writer.lock().await;
+        let group = commit_group(&mut conn, &batch).await;
+        if matches!(group, Err(WriterError::Broken(_))) {
+            // Replace a connection left inside a transaction it cannot
+            // roll back (the failed group is answered below).
+            match SqliteConnection::connect_with(&options).await {
+                Ok(fresh) => *conn = fresh,
+                Err(e) => tracing::error!(error = %e, "cannot reopen the catalog connection"),
+            }
+        }
+        drop(conn);
+        match group.map_err(ArchiveError::from) {
             Ok(outcomes) => {
                 let newest = outcomes
                     .iter()
@@ -847,17 +865,18 @@ async fn writer_task(
 }
 
 async fn commit_group(
-    pool: &SqlitePool,
+    conn: &mut SqliteConnection,
     batch: &[PendingWrite],
-) -> Result<Vec<Result<Written, ArchiveError>>, ArchiveError> {
-    let mut conn = pool.acquire().await?;
+) -> Result<Vec<Result<Written, ArchiveError>>, WriterError> {
     // Fast path: the whole group in one transaction, opened by the first
-    // query of the first write (one round trip less per group).
-    let mut begin = true;
+    // query of the first write and, when it can, committed by the last query
+    // of the last write (two round trips less per group).
+    let mut group = GroupTx::new();
     let mut outcomes = Vec::with_capacity(batch.len());
     let mut failed = false;
-    for pending in batch {
-        match pending.write(&mut conn, &mut begin).await {
+    for (i, pending) in batch.iter().enumerate() {
+        group.may_commit = i + 1 == batch.len();
+        match pending.write(conn, &mut group).await {
             Ok(outcome) => outcomes.push(outcome),
             Err(e) => {
                 tracing::warn!(error = %e, write = %pending.describe(), "record failed; retrying the group one by one");
@@ -867,26 +886,66 @@ async fn commit_group(
         }
     }
     if !failed {
-        finish(&mut conn, begin, true).await?;
+        finish(conn, &group, true).await?;
         return Ok(outcomes.into_iter().map(Ok).collect());
     }
-    finish(&mut conn, begin, false).await?;
+    finish(conn, &group, false).await?;
     // Slow path: one transaction per write, so one bad write fails alone.
     let mut results = Vec::with_capacity(batch.len());
     for pending in batch {
-        let mut begin = true;
-        match pending.write(&mut conn, &mut begin).await {
+        let mut group = GroupTx::new();
+        group.may_commit = true;
+        match pending.write(conn, &mut group).await {
             Ok(outcome) => {
-                finish(&mut conn, begin, true).await?;
+                finish(conn, &group, true).await?;
                 results.push(Ok(outcome));
             }
             Err(e) => {
-                finish(&mut conn, begin, false).await?;
+                finish(conn, &group, false).await?;
                 results.push(Err(e));
             }
         }
     }
     Ok(results)
+}
+
+/// Where a group's transaction stands, threaded through its writes.
+pub(super) struct GroupTx {
+    /// Still to be opened: the first query of the group starts with `BEGIN`.
+    begin: bool,
+    /// The current write is the group's last: its final query may end with
+    /// `COMMIT`.
+    may_commit: bool,
+    /// A query ending with `COMMIT` succeeded: the group is durable.
+    committed: bool,
+}
+
+impl GroupTx {
+    fn new() -> Self {
+        GroupTx {
+            begin: true,
+            may_commit: false,
+            committed: false,
+        }
+    }
+
+    /// `BEGIN` for the first query of the group, once.
+    pub(super) fn open(&mut self) -> &'static str {
+        begin_first(&mut self.begin)
+    }
+
+    /// `COMMIT` for the final query of a write, when that write is the
+    /// group's last; call [`GroupTx::committed`] once that query succeeded.
+    pub(super) fn close(&self) -> &'static str {
+        if self.may_commit { "COMMIT;\n" } else { "" }
+    }
+
+    /// The query that carried [`GroupTx::close`] succeeded.
+    pub(super) fn committed(&mut self) {
+        if self.may_commit {
+            self.committed = true;
+        }
+    }
 }
 
 /// `BEGIN` for the first query of a group's transaction, once.
@@ -898,29 +957,60 @@ fn begin_first(begin: &mut bool) -> &'static str {
     }
 }
 
-/// End the transaction a write opened (`begin` false: its first query ran)
-/// with `COMMIT`, or `ROLLBACK` when not `commit`. A failed `COMMIT` is
-/// rolled back. A connection whose rollback fails is closed rather than
-/// given back to the pool inside a transaction (after a failure inside
-/// `BEGIN` itself there is none to roll back, which is fine).
+/// Why a group failed as a whole.
+#[derive(Debug)]
+enum WriterError {
+    /// A statement failed; the connection is usable.
+    Failed(ArchiveError),
+    /// The connection is inside a transaction it could not roll back: it
+    /// must be replaced.
+    Broken(ArchiveError),
+}
+
+impl From<ArchiveError> for WriterError {
+    fn from(e: ArchiveError) -> Self {
+        WriterError::Failed(e)
+    }
+}
+
+impl From<WriterError> for ArchiveError {
+    fn from(e: WriterError) -> Self {
+        match e {
+            WriterError::Failed(e) | WriterError::Broken(e) => e,
+        }
+    }
+}
+
+/// End the transaction a group opened (its first query ran) with `COMMIT`
+/// unless its last query did, or `ROLLBACK` when not `commit`. A failed
+/// `COMMIT` is rolled back. A failed rollback means the connection must be
+/// replaced (after a failure inside `BEGIN` itself, or after a write that
+/// committed and then failed a check, there is no transaction to roll back,
+/// which is fine).
 async fn finish(
-    conn: &mut PoolConnection<Sqlite>,
-    begin: bool,
+    conn: &mut SqliteConnection,
+    group: &GroupTx,
     commit: bool,
-) -> Result<(), ArchiveError> {
-    if begin {
+) -> Result<(), WriterError> {
+    if group.begin || (commit && group.committed) {
         return Ok(());
     }
     let committed = if commit {
-        sqlx::query("COMMIT").execute(&mut **conn).await.map(|_| ())
+        sqlx::query("COMMIT").execute(&mut *conn).await.map(|_| ())
     } else {
         Ok(())
     };
     if !commit || committed.is_err() {
-        match sqlx::query("ROLLBACK").execute(&mut **conn).await {
-            Err(e) if !e.to_string().contains("no transaction is active") => conn.close_on_drop(),
+        match sqlx::query("ROLLBACK").execute(&mut *conn).await {
+            Err(e) if !e.to_string().contains("no transaction is active") => {
+                let e = ArchiveError::from(e);
+                return Err(WriterError::Broken(match committed {
+                    Err(c) => ArchiveError::from(c),
+                    Ok(()) => e,
+                }));
+            }
             _ => {}
         }
     }
-    Ok(committed?)
+    Ok(committed.map_err(ArchiveError::from)?)
 }

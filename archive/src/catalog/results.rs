@@ -1,7 +1,7 @@
 //! Messages, reports and results in the catalog: one transaction per
 //! message, corrections kept as history, reads by patient and test.
 
-use sqlx::Row;
+use sqlx::{Connection as _, Row};
 
 use sqlx::SqliteConnection;
 use sqlx::sqlite::SqliteRow;
@@ -9,7 +9,7 @@ use sqlx::sqlite::SqliteRow;
 use bytes::Bytes;
 use tokio::sync::oneshot;
 
-use super::{Catalog, PatientRow, PendingWrite, Script, begin_first, now_rfc3339, push_patient};
+use super::{Catalog, GroupTx, PatientRow, PendingWrite, Script, now_rfc3339, push_patient};
 use crate::error::ArchiveError;
 use crate::model::patient_key;
 use crate::results::{
@@ -150,7 +150,8 @@ impl Catalog {
         pack_key: &str,
         members: &[(String, u64)],
     ) -> Result<(), ArchiveError> {
-        let mut tx = self.writer.begin().await?;
+        let mut conn = self.writer.lock().await;
+        let mut tx = conn.begin().await?;
         // A few scripts rather than two statements per message: the writer
         // connection is shared with ingest, which waits meanwhile.
         for chunk in members.chunks(500) {
@@ -227,12 +228,12 @@ pub(super) struct PendingMessage {
 pub(super) async fn record_message_in_tx(
     tx: &mut SqliteConnection,
     pending: &PendingMessage,
-    begin: &mut bool,
+    group: &mut GroupTx,
 ) -> Result<MessageOutcome, ArchiveError> {
     let (message, blob) = (&pending.message, &pending.blob);
     let now = now_rfc3339();
     let mut script = Script::default();
-    script.push_raw(begin_first(begin));
+    script.push_raw(group.open());
     // The message row first: a message already recorded under this sender
     // and control id fails its UNIQUE constraint there, before anything
     // else of the script runs (SQLite undoes just that statement).
@@ -290,12 +291,28 @@ pub(super) async fn record_message_in_tx(
             push_report(&mut script, r, &patient_pk, &patient_id, &now_param);
         }
     }
+    // A correction takes one more query after the script; without one, the
+    // script is this write's last query and may commit the group.
+    let corrects = message
+        .patients
+        .iter()
+        .flat_map(|g| &g.reports)
+        .flat_map(|r| &r.observations)
+        .any(ResultObservation::is_correction);
+    if !corrects {
+        script.push_raw(group.close());
+    }
     let (sql, args) = script.into_parts()?;
     let returned = match sqlx::query_scalar_with::<_, i64, _>(&sql, args)
         .fetch_all(&mut *tx)
         .await
     {
-        Ok(rows) => rows,
+        Ok(rows) => {
+            if !corrects {
+                group.committed();
+            }
+            rows
+        }
         Err(sqlx::Error::Database(e))
             if e.kind() == sqlx::error::ErrorKind::UniqueViolation
                 && e.message().contains("messages.") =>

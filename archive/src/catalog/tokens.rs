@@ -69,7 +69,7 @@ impl Catalog {
         .bind(role.name())
         .bind(token_hash)
         .bind(now_rfc3339())
-        .fetch_one(&self.writer)
+        .fetch_one(&mut *self.writer.lock().await)
         .await?;
         token_from_row(&row)
     }
@@ -106,7 +106,7 @@ impl Catalog {
         )
         .bind(now_rfc3339())
         .bind(name)
-        .execute(&self.writer)
+        .execute(&mut *self.writer.lock().await)
         .await?;
         Ok(done.rows_affected())
     }
