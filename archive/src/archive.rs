@@ -628,7 +628,7 @@ impl Archive {
                 Ok(Some(bytes))
             }
             Err(StoreError::NotFound(_)) => {
-                if let Some(bytes) = self.inner.catalog.outbox_blob(&at.sha256).await? {
+                if let Some(bytes) = self.inner.catalog.outbox_blob(at.message_id).await? {
                     return Ok(Some(bytes));
                 }
                 // Packed by the mover between the two reads: read it where

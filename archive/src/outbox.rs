@@ -78,10 +78,10 @@ pub(crate) async fn move_batch(
     }
     // A pack is up to a few megabytes: joined and hashed off the runtime.
     let (key, pack, members) = on_rayon(move || {
-        let mut pack = Vec::with_capacity(rows.iter().map(|(_, _, d)| d.len()).sum());
+        let mut pack = Vec::with_capacity(rows.iter().map(|(_, d)| d.len()).sum());
         let mut members = Vec::with_capacity(rows.len());
-        for (sha256, _, data) in &rows {
-            members.push((sha256.clone(), pack.len() as u64));
+        for (message_id, data) in &rows {
+            members.push((*message_id, pack.len() as u64));
             pack.extend_from_slice(data);
         }
         (pack_key(&sha256_hex(&pack)), Bytes::from(pack), members)

@@ -515,8 +515,7 @@ async fn record_in_tx(
     } else {
         "instance-stored"
     };
-    // One round trip: patient (the no-op update makes RETURNING give the id
-    // of an existing row too), study and series if new, blob if new, the
+    // One round trip: patient (inserted if new, then its id selected), study and series if new, blob if new, the
     // instance (one upsert: reached only for a new instance or an allowed
     // replacement) and its change-feed entry. Rows are tagged, since a
     // conflicting insert returns none.
@@ -728,9 +727,9 @@ impl<'q> Script<'q> {
     }
 }
 
-/// Add the upsert of a patient to `script` (the no-op update makes
-/// `RETURNING` give the id of an existing row too); returns the
-/// placeholders of its key and of its Patient ID.
+/// Add the insert of a patient (if new) to `script`, then a select that
+/// gives `returning` of its row, new or not; returns the placeholders of
+/// its key and of its Patient ID.
 pub(crate) fn push_patient<'q>(
     script: &mut Script<'q>,
     patient: PatientRow<'q>,
@@ -749,11 +748,15 @@ pub(crate) fn push_patient<'q>(
         now.to_owned(),
     ]
     .join(", ");
+    // Then read it: an upsert whose no-op update made RETURNING give the id
+    // of an existing row rewrote that row and its key's index entry, pages
+    // that the commit then had to write.
     script.push(&format!(
         "INSERT INTO patients (patient_key, patient_id, issuer_of_patient_id, patient_name, \
-         birth_date, sex, created_at) VALUES ({p}) \
-         ON CONFLICT (patient_key) DO UPDATE SET patient_key = excluded.patient_key \
-         RETURNING {returning}"
+         birth_date, sex, created_at) VALUES ({p}) ON CONFLICT (patient_key) DO NOTHING"
+    ));
+    script.push(&format!(
+        "SELECT {returning} FROM patients WHERE patient_key = {key}"
     ));
     (key, id)
 }

@@ -85,34 +85,24 @@ impl Catalog {
         self.queue_write(pending, answer).await
     }
 
-    /// Up to `limit` raw messages waiting in the outbox: (SHA-256, blob
-    /// key, compressed bytes), oldest first.
-    pub async fn outbox_batch(
-        &self,
-        limit: i64,
-    ) -> Result<Vec<(String, String, Bytes)>, ArchiveError> {
-        let rows = sqlx::query(
-            "SELECT sha256, blob_key, data FROM message_outbox ORDER BY created_at LIMIT $1",
-        )
-        .bind(limit)
-        .fetch_all(&self.reader)
-        .await?;
+    /// Up to `limit` raw messages waiting in the outbox: (message id,
+    /// compressed bytes), oldest first.
+    pub async fn outbox_batch(&self, limit: i64) -> Result<Vec<(i64, Bytes)>, ArchiveError> {
+        let rows =
+            sqlx::query("SELECT message_id, data FROM message_outbox ORDER BY message_id LIMIT $1")
+                .bind(limit)
+                .fetch_all(&self.reader)
+                .await?;
         rows.iter()
-            .map(|r| {
-                Ok((
-                    r.try_get(0)?,
-                    r.try_get(1)?,
-                    Bytes::from(r.try_get::<Vec<u8>, _>(2)?),
-                ))
-            })
+            .map(|r| Ok((r.try_get(0)?, Bytes::from(r.try_get::<Vec<u8>, _>(1)?))))
             .collect()
     }
 
     /// The compressed bytes of a raw message still in the outbox.
-    pub async fn outbox_blob(&self, sha256: &str) -> Result<Option<Bytes>, ArchiveError> {
+    pub async fn outbox_blob(&self, message_id: i64) -> Result<Option<Bytes>, ArchiveError> {
         let data: Option<Vec<u8>> =
-            sqlx::query_scalar("SELECT data FROM message_outbox WHERE sha256 = $1")
-                .bind(sha256)
+            sqlx::query_scalar("SELECT data FROM message_outbox WHERE message_id = $1")
+                .bind(message_id)
                 .fetch_optional(&self.reader)
                 .await?;
         Ok(data.map(Bytes::from))
@@ -142,13 +132,13 @@ impl Catalog {
         row.as_ref().map(message_location).transpose()
     }
 
-    /// Record that the messages with these SHA-256s (and `(offset,
-    /// length)` in `pack`) are now in the object store under `pack_key`,
-    /// and drop their outbox rows, in one transaction.
+    /// Record that these messages (by id, with the offset of their bytes
+    /// in the pack) are now in the object store under `pack_key`, and drop
+    /// their outbox rows, in one transaction.
     pub async fn record_pack(
         &self,
         pack_key: &str,
-        members: &[(String, u64)],
+        members: &[(i64, u64)],
     ) -> Result<(), ArchiveError> {
         let mut conn = self.writer.lock().await;
         let mut tx = conn.begin().await?;
@@ -157,13 +147,15 @@ impl Catalog {
         for chunk in members.chunks(500) {
             let mut script = Script::default();
             let pack = script.bind(pack_key);
-            for (sha256, offset) in chunk {
-                let (offset, sha) = (script.bind(*offset as i64), script.bind(sha256.as_str()));
+            for (message_id, offset) in chunk {
+                let (offset, id) = (script.bind(*offset as i64), script.bind(*message_id));
                 script.push(&format!(
                     "UPDATE messages SET blob_key = {pack}, blob_offset = {offset} \
-                     WHERE sha256 = {sha} AND blob_offset IS NULL AND format <> 'dicom'"
+                     WHERE id = {id} AND blob_offset IS NULL"
                 ));
-                script.push(&format!("DELETE FROM message_outbox WHERE sha256 = {sha}"));
+                script.push(&format!(
+                    "DELETE FROM message_outbox WHERE message_id = {id}"
+                ));
             }
             let (sql, args) = script.into_parts()?;
             sqlx::query_with(&sql, args).execute(&mut *tx).await?;
@@ -260,14 +252,14 @@ pub(super) async fn record_message_in_tx(
          original_size, stored_size, received_at, source) VALUES ({p}) RETURNING id"
     ));
     if let Some(data) = &pending.outbox {
+        // Right after the message row: last_insert_rowid() is its id.
         let data = script.bind(data.as_ref());
         script.push(&format!(
-            "INSERT INTO message_outbox (sha256, blob_key, data, created_at) \
-             VALUES ({sha}, {key}, {data}, {now_param}) ON CONFLICT (sha256) DO NOTHING"
+            "INSERT INTO message_outbox (message_id, data, created_at) \
+             VALUES (last_insert_rowid(), {data}, {now_param})"
         ));
     }
-    // Each patient (the no-op update makes RETURNING give the id of an
-    // existing row too), then its reports with their results and change-
+    // Each patient (inserted if new, then its id selected), then its reports with their results and change-
     // feed entries. Rows: the message id, then per patient its id and per
     // report the report id, each result's id and the change's seq.
     for group in &message.patients {
