@@ -525,7 +525,7 @@ async fn record_in_tx(
         &mut script,
         PatientRow::from(a),
         &now_param,
-        "'patient', id",
+        Some("'patient', id"),
     );
     let study = script.bind(&a.study_instance_uid);
     let p = [
@@ -727,14 +727,14 @@ impl<'q> Script<'q> {
     }
 }
 
-/// Add the insert of a patient (if new) to `script`, then a select that
-/// gives `returning` of its row, new or not; returns the placeholders of
-/// its key and of its Patient ID.
+/// Add the insert of a patient (if new) to `script`, then, if `returning`
+/// is given, a select that gives it for the row, new or not; returns the
+/// placeholders of its key and of its Patient ID.
 pub(crate) fn push_patient<'q>(
     script: &mut Script<'q>,
     patient: PatientRow<'q>,
     now: &str,
-    returning: &str,
+    returning: Option<&str>,
 ) -> (String, String) {
     let key = script.bind(patient.key);
     let id = script.bind(patient.id);
@@ -755,9 +755,11 @@ pub(crate) fn push_patient<'q>(
         "INSERT INTO patients (patient_key, patient_id, issuer_of_patient_id, patient_name, \
          birth_date, sex, created_at) VALUES ({p}) ON CONFLICT (patient_key) DO NOTHING"
     ));
-    script.push(&format!(
-        "SELECT {returning} FROM patients WHERE patient_key = {key}"
-    ));
+    if let Some(returning) = returning {
+        script.push(&format!(
+            "SELECT {returning} FROM patients WHERE patient_key = {key}"
+        ));
+    }
     (key, id)
 }
 

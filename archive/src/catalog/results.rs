@@ -259,9 +259,20 @@ pub(super) async fn record_message_in_tx(
              VALUES (last_insert_rowid(), {data}, {now_param})"
         ));
     }
-    // Each patient (inserted if new, then its id selected), then its reports with their results and change-
-    // feed entries. Rows: the message id, then per patient its id and per
-    // report the report id, each result's id and the change's seq.
+    // A correction needs the ids of its patient and of its report's results
+    // (and one more query after the script); without one, the script is
+    // this write's last query and may commit the group. Every row returned
+    // is one more hand-over from the connection's thread, so only what is
+    // needed is returned.
+    let corrects = message
+        .patients
+        .iter()
+        .flat_map(|g| &g.reports)
+        .any(corrects_a_result);
+    // Each patient (inserted if new), then its reports with their results
+    // and change-feed entries. Rows: the message id, then per patient its
+    // id (if `corrects`) and per report the report id, each result's id (if
+    // the report corrects one) and the change's seq.
     for group in &message.patients {
         let patient = &group.patient;
         let row = PatientRow {
@@ -277,20 +288,13 @@ pub(super) async fn record_message_in_tx(
             birth_date: patient.birth_date.as_deref(),
             sex: patient.sex.as_deref(),
         };
-        let (key, patient_id) = push_patient(&mut script, row, &now_param, "id");
+        let (key, patient_id) =
+            push_patient(&mut script, row, &now_param, corrects.then_some("id"));
         let patient_pk = format!("(SELECT id FROM patients WHERE patient_key = {key})");
         for r in &group.reports {
             push_report(&mut script, r, &patient_pk, &patient_id, &now_param);
         }
     }
-    // A correction takes one more query after the script; without one, the
-    // script is this write's last query and may commit the group.
-    let corrects = message
-        .patients
-        .iter()
-        .flat_map(|g| &g.reports)
-        .flat_map(|r| &r.observations)
-        .any(ResultObservation::is_correction);
     if !corrects {
         script.push_raw(group.close());
     }
@@ -323,16 +327,17 @@ pub(super) async fn record_message_in_tx(
         }
         Err(e) => return Err(e.into()),
     };
+    let result_ids = |r: &ResultReport| {
+        if corrects_a_result(r) {
+            r.observations.len()
+        } else {
+            0
+        }
+    };
     let expected = 1 + message
         .patients
         .iter()
-        .map(|g| {
-            1 + g
-                .reports
-                .iter()
-                .map(|r| 2 + r.observations.len())
-                .sum::<usize>()
-        })
+        .map(|g| usize::from(corrects) + g.reports.iter().map(|r| 2 + result_ids(r)).sum::<usize>())
         .sum::<usize>();
     if returned.len() != expected {
         return Err(ArchiveError::CatalogWrite(format!(
@@ -347,18 +352,20 @@ pub(super) async fn record_message_in_tx(
     let mut reports = Vec::new();
     let mut newest = 0;
     for group in &message.patients {
-        let patient_pk = next();
+        let patient_pk = if corrects { next() } else { 0 };
         for r in &group.reports {
             let report_id = next();
             // Row ids are given in VALUES order (one writer, max + 1 each);
             // RETURNING itself promises no order within a statement.
-            let mut ids: Vec<i64> = (0..r.observations.len()).map(|_| next()).collect();
+            let mut ids: Vec<i64> = (0..result_ids(r)).map(|_| next()).collect();
             for chunk in ids.chunks_mut(OBSERVATIONS_PER_INSERT) {
                 chunk.sort_unstable();
             }
             newest = newest.max(next());
             reports.push(report_id);
-            supersede_corrected(tx, r, report_id, patient_pk, &ids).await?;
+            if !ids.is_empty() {
+                supersede_corrected(tx, r, report_id, patient_pk, &ids).await?;
+            }
         }
     }
     Ok(MessageOutcome::Recorded {
@@ -473,8 +480,8 @@ const OBSERVATIONS_PER_INSERT: usize = 500;
 /// another patient's images even when the two systems spell the assigning
 /// authority differently), its results (one multi-row insert per 500) and
 /// its change-feed entry. Within the writer's transaction the new report
-/// has the largest id. Returns, in order: the report id, each result's id,
-/// the change's seq.
+/// has the largest id. Returns, in order: the report id, each result's id
+/// (only if the report corrects a result), the change's seq.
 fn push_report<'q>(
     script: &mut Script<'q>,
     r: &'q ResultReport,
@@ -535,8 +542,13 @@ fn push_report<'q>(
         script.push(&format!(
             "INSERT INTO observations (report_id, patient_pk, code, code_display, code_system, \
              value_type, value, numeric_value, units, reference_range, abnormal_flags, status, \
-             observed_at, notes, created_at) VALUES {} RETURNING id",
-            rows.join(", ")
+             observed_at, notes, created_at) VALUES {}{}",
+            rows.join(", "),
+            if corrects_a_result(r) {
+                " RETURNING id"
+            } else {
+                ""
+            }
         ));
     }
     let kind = script.bind("report-stored");
@@ -546,6 +558,11 @@ fn push_report<'q>(
          (SELECT study_instance_uid FROM reports WHERE id = {NEW_REPORT}), {now}) \
          RETURNING seq"
     ));
+}
+
+/// Whether a report holds a corrected result (HL7 OBX-11 `C`).
+fn corrects_a_result(r: &ResultReport) -> bool {
+    r.observations.iter().any(ResultObservation::is_correction)
 }
 
 /// A corrected result (status C) marks the latest earlier result of the
