@@ -13,7 +13,7 @@ use crate::catalog::{BlobRecord, Catalog, CatalogStats, RecordOutcome};
 use crate::catalog::{MessageBlob, MessageLocation, MessageOutcome};
 use crate::config::{ArchiveConfig, StorageBackend};
 use crate::error::ArchiveError;
-use crate::ingest::{parse_part10, part10_from_dataset};
+use crate::ingest::{parse_part10, part10_prefix};
 use crate::model::{IngestReceipt, IngestSource, Refusal, RefusalReason, StoredInstance};
 use crate::on_rayon;
 use crate::outbox;
@@ -42,6 +42,17 @@ impl Drop for Inner {
     fn drop(&mut self) {
         self.mover.abort();
     }
+}
+
+/// What a C-STORE says of the data set it carries: what its Part-10 file
+/// meta group is made of.
+#[derive(Debug, Clone, Copy)]
+pub struct ReceivedDataSet<'a> {
+    pub transfer_syntax_uid: &'a str,
+    pub sop_class_uid: &'a str,
+    pub sop_instance_uid: &'a str,
+    /// The sender's AE title (Source Application Entity Title).
+    pub calling_ae: Option<&'a str>,
 }
 
 /// Counts of ingest outcomes since the archive was opened, whatever the
@@ -173,14 +184,44 @@ impl Archive {
         calling_ae: Option<&str>,
         source: IngestSource,
     ) -> IngestReceipt {
-        match part10_from_dataset(
-            dataset,
+        let received = ReceivedDataSet {
+            transfer_syntax_uid,
+            sop_class_uid,
+            sop_instance_uid,
+            calling_ae,
+        };
+        self.ingest_received(received, source, |prefix| {
+            let mut bytes = Vec::with_capacity(prefix.len() + dataset.len());
+            bytes.extend_from_slice(prefix);
+            bytes.extend_from_slice(dataset);
+            Bytes::from(bytes)
+        })
+        .await
+    }
+
+    /// Ingest a received data set whose Part-10 object `assemble` puts
+    /// together from the prefix it is given (preamble and file meta group)
+    /// and the data set bytes: a receiver that kept room in front of the
+    /// data set writes the prefix there instead of copying the data set.
+    pub async fn ingest_received(
+        &self,
+        received: ReceivedDataSet<'_>,
+        source: IngestSource,
+        assemble: impl FnOnce(&[u8]) -> Bytes,
+    ) -> IngestReceipt {
+        let ReceivedDataSet {
+            transfer_syntax_uid,
+            sop_class_uid,
+            sop_instance_uid,
+            calling_ae,
+        } = received;
+        match part10_prefix(
             transfer_syntax_uid,
             sop_class_uid,
             sop_instance_uid,
             calling_ae,
         ) {
-            Ok(bytes) => self.ingest_part10(Bytes::from(bytes), source).await,
+            Ok(prefix) => self.ingest_part10(assemble(&prefix), source).await,
             Err(reason) => IngestReceipt::Refused(Refusal {
                 reason,
                 sop_class_uid: Some(sop_class_uid.to_owned()),

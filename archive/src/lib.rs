@@ -14,7 +14,7 @@ pub mod store;
 mod archive;
 mod outbox;
 
-pub use archive::{Archive, ArchiveStats, IngestCounts, VerifyReport};
+pub use archive::{Archive, ArchiveStats, IngestCounts, ReceivedDataSet, VerifyReport};
 pub use config::{
     ArchiveConfig, CatalogConfig, IngestConfig, S3Config, StorageBackend, StorageConfig,
 };

@@ -58,6 +58,25 @@ pub fn part10_from_dataset(
     sop_instance_uid: &str,
     source_ae_title: Option<&str>,
 ) -> Result<Vec<u8>, RefusalReason> {
+    let mut out = part10_prefix(
+        transfer_syntax_uid,
+        sop_class_uid,
+        sop_instance_uid,
+        source_ae_title,
+    )?;
+    out.reserve_exact(dataset.len());
+    out.extend_from_slice(dataset);
+    Ok(out)
+}
+
+/// What precedes a received data set in its Part-10 object: the 128-byte
+/// preamble, `DICM` and the file meta group.
+pub fn part10_prefix(
+    transfer_syntax_uid: &str,
+    sop_class_uid: &str,
+    sop_instance_uid: &str,
+    source_ae_title: Option<&str>,
+) -> Result<Vec<u8>, RefusalReason> {
     let mut builder = FileMetaTableBuilder::new()
         .media_storage_sop_class_uid(sop_class_uid)
         .media_storage_sop_instance_uid(sop_instance_uid)
@@ -70,13 +89,12 @@ pub fn part10_from_dataset(
     let meta = builder.build().map_err(|e| {
         RefusalReason::Unparseable(format!("cannot build file meta group: {}", error_chain(&e)))
     })?;
-    let mut out = Vec::with_capacity(dataset.len() + 512);
+    let mut out = Vec::with_capacity(512);
     out.extend_from_slice(&[0u8; 128]);
     out.extend_from_slice(b"DICM");
     meta.write(&mut out).map_err(|e| {
         RefusalReason::Unparseable(format!("cannot write file meta group: {}", error_chain(&e)))
     })?;
-    out.extend_from_slice(dataset);
     Ok(out)
 }
 

@@ -14,7 +14,70 @@ pub struct Message {
     pub presentation_context_id: u8,
     pub command: Command,
     /// The data set bytes exactly as received, in the context's transfer syntax.
-    pub data_set: Option<Vec<u8>>,
+    pub data_set: Option<DataSet>,
+}
+
+/// Room left in front of a data set received in several fragments: a
+/// C-STORE becomes a Part-10 object by writing its preamble and file meta
+/// group there, without copying the data set again (an instance is
+/// hundreds of kilobytes; its meta group a few hundred bytes).
+pub const HEADROOM: usize = 1024;
+
+/// A received data set: one buffer, with [`HEADROOM`] free bytes before the
+/// data when it came in several fragments.
+#[derive(Debug, Default)]
+pub struct DataSet {
+    buffer: Vec<u8>,
+    start: usize,
+}
+
+impl DataSet {
+    /// The data set of one fragment, as it came (no room in front).
+    pub fn whole(bytes: Vec<u8>) -> Self {
+        DataSet {
+            buffer: bytes,
+            start: 0,
+        }
+    }
+
+    /// Join fragments into one buffer of the exact size, with [`HEADROOM`]
+    /// in front: the one copy a data set needs.
+    fn joined(fragments: Vec<Vec<u8>>) -> Self {
+        let len: usize = fragments.iter().map(Vec::len).sum();
+        let mut buffer = Vec::with_capacity(HEADROOM + len);
+        buffer.resize(HEADROOM, 0);
+        for fragment in fragments {
+            buffer.extend_from_slice(&fragment);
+        }
+        DataSet {
+            buffer,
+            start: HEADROOM,
+        }
+    }
+
+    /// `prefix` followed by the data set, in one buffer: in place when the
+    /// room in front is large enough, copied otherwise.
+    pub fn with_prefix(self, prefix: &[u8]) -> bytes::Bytes {
+        let DataSet { mut buffer, start } = self;
+        if prefix.len() <= start {
+            let at = start - prefix.len();
+            buffer[at..start].copy_from_slice(prefix);
+            bytes::Bytes::from(buffer).slice(at..)
+        } else {
+            let mut out = Vec::with_capacity(prefix.len() + buffer.len() - start);
+            out.extend_from_slice(prefix);
+            out.extend_from_slice(&buffer[start..]);
+            bytes::Bytes::from(out)
+        }
+    }
+}
+
+impl std::ops::Deref for DataSet {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        &self.buffer[self.start..]
+    }
 }
 
 /// A peer that broke the P-DATA rules; the association must be aborted.
@@ -43,7 +106,10 @@ enum State {
     Data {
         pc: u8,
         command: Command,
-        bytes: Vec<u8>,
+        /// The fragments so far (joined once, when the last one comes) and
+        /// their total length.
+        fragments: Vec<Vec<u8>>,
+        len: usize,
     },
 }
 
@@ -70,7 +136,8 @@ impl Assembler {
     pub fn pending_bytes(&self) -> usize {
         match &self.state {
             State::Idle => 0,
-            State::Command { bytes, .. } | State::Data { bytes, .. } => bytes.len(),
+            State::Command { bytes, .. } => bytes.len(),
+            State::Data { len, .. } => *len,
         }
     }
 
@@ -119,7 +186,8 @@ impl Assembler {
                 State::Data {
                     pc: open,
                     command,
-                    mut bytes,
+                    mut fragments,
+                    len,
                 },
                 PDataValueType::Data,
             ) => {
@@ -129,23 +197,33 @@ impl Assembler {
                         got: pc,
                     });
                 }
-                self.check_size(bytes.len() + pdv.data.len())?;
-                if bytes.is_empty() {
-                    bytes = pdv.data;
-                } else {
-                    bytes.extend_from_slice(&pdv.data);
-                }
+                let len = len + pdv.data.len();
+                self.check_size(len)?;
+                fragments.push(pdv.data);
                 if pdv.is_last {
+                    let data_set = if fragments.len() == 1 {
+                        DataSet::whole(fragments.pop().unwrap_or_default())
+                    } else {
+                        DataSet::joined(fragments)
+                    };
                     (
                         State::Idle,
                         Some(Message {
                             presentation_context_id: pc,
                             command,
-                            data_set: Some(bytes),
+                            data_set: Some(data_set),
                         }),
                     )
                 } else {
-                    (State::Data { pc, command, bytes }, None)
+                    (
+                        State::Data {
+                            pc,
+                            command,
+                            fragments,
+                            len,
+                        },
+                        None,
+                    )
                 }
             }
         };
@@ -175,7 +253,8 @@ impl Assembler {
                 State::Data {
                     pc,
                     command,
-                    bytes: Vec::new(),
+                    fragments: Vec::new(),
+                    len: 0,
                 },
                 None,
             ))
@@ -243,6 +322,36 @@ mod tests {
         assert_eq!(m.data_set.as_deref(), Some(&b"abcdef"[..]));
         assert_eq!(m.command.message_id(), Some(1));
         assert!(a.is_idle());
+    }
+
+    #[test]
+    fn a_data_set_gets_its_prefix_in_place_or_by_copy() {
+        let ok = |_| true;
+        let receive = |parts: &[&[u8]]| {
+            let mut a = Assembler::new(1 << 20);
+            a.push(pdv(3, PDataValueType::Command, true, &store_command()), ok)
+                .unwrap();
+            let mut done = None;
+            for (i, part) in parts.iter().enumerate() {
+                done = a
+                    .push(pdv(3, PDataValueType::Data, i + 1 == parts.len(), part), ok)
+                    .unwrap();
+            }
+            done.unwrap().data_set.unwrap()
+        };
+        // Several fragments: joined with room in front, the prefix written there.
+        let joined = receive(&[b"abc", b"def", b"g"]);
+        assert_eq!(&*joined, b"abcdefg");
+        let start = joined.as_ptr();
+        let part10 = joined.with_prefix(b"META");
+        assert_eq!(&part10[..], b"METAabcdefg");
+        assert_eq!(part10[4..].as_ptr(), start, "the data set was not copied");
+        // One fragment, or a prefix larger than the room: copied.
+        assert_eq!(&receive(&[b"xyz"]).with_prefix(b"M")[..], b"Mxyz");
+        let big = vec![7u8; HEADROOM + 1];
+        let part10 = receive(&[b"ab", b"cd"]).with_prefix(&big);
+        assert_eq!(&part10[..HEADROOM + 1], &big[..]);
+        assert_eq!(&part10[HEADROOM + 1..], b"abcd");
     }
 
     #[test]

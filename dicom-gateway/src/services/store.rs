@@ -2,9 +2,10 @@
 //! received, in the presentation context's transfer syntax; the response is
 //! sent only once the archive's receipt is final.
 
-use pacs_archive::{IngestReceipt, IngestSource};
+use pacs_archive::{IngestReceipt, IngestSource, ReceivedDataSet};
 
 use crate::association::{Context, Peer, Tally};
+use crate::dimse::message::DataSet;
 use crate::dimse::{Command, Status, field, status, tag};
 use crate::metrics::GatewayCounters;
 use crate::server::Gateway;
@@ -13,7 +14,7 @@ use crate::sop_classes;
 pub(crate) async fn handle(
     gateway: &Gateway,
     request: &Command,
-    data_set: Option<Vec<u8>>,
+    data_set: Option<DataSet>,
     context: &Context,
     peer: &Peer,
     tally: &mut Tally,
@@ -36,7 +37,7 @@ pub(crate) async fn handle(
 async fn store(
     gateway: &Gateway,
     request: &Command,
-    data_set: Option<Vec<u8>>,
+    data_set: Option<DataSet>,
     context: &Context,
     peer: &Peer,
 ) -> Status {
@@ -76,19 +77,19 @@ async fn store(
         ));
     };
     let size = data_set.len();
+    let received = ReceivedDataSet {
+        transfer_syntax_uid: &context.transfer_syntax,
+        sop_class_uid: sop_class,
+        sop_instance_uid: sop_instance,
+        calling_ae: Some(&peer.calling_ae),
+    };
+    let source = IngestSource::CStore {
+        calling_ae: peer.calling_ae.clone(),
+        peer: peer.address.to_string(),
+    };
     let receipt = gateway
         .archive
-        .ingest_dataset(
-            &data_set,
-            &context.transfer_syntax,
-            sop_class,
-            sop_instance,
-            Some(&peer.calling_ae),
-            IngestSource::CStore {
-                calling_ae: peer.calling_ae.clone(),
-                peer: peer.address.to_string(),
-            },
-        )
+        .ingest_received(received, source, |prefix| data_set.with_prefix(prefix))
         .await;
     let status = status::store_status(&receipt);
     match &receipt {
