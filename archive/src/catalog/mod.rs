@@ -515,10 +515,11 @@ async fn record_in_tx(
     } else {
         "instance-stored"
     };
-    // One round trip: patient (inserted if new, then its id selected), study and series if new, blob if new, the
-    // instance (one upsert: reached only for a new instance or an allowed
-    // replacement) and its change-feed entry. Rows are tagged, since a
-    // conflicting insert returns none.
+    // One round trip: patient (inserted if new, then its id selected),
+    // study and series if new, blob if new, the instance (one upsert:
+    // reached only for a new instance or an allowed replacement) and its
+    // change-feed entry. Rows are tagged, since a conflicting insert returns
+    // none.
     let mut script = Script::default();
     let now_param = script.bind(now.as_str());
     let (key, _) = push_patient(
