@@ -229,18 +229,14 @@ pub(super) async fn record_message_in_tx(
     // The message row first: a message already recorded under this sender
     // and control id fails its UNIQUE constraint there, before anything
     // else of the script runs (SQLite undoes just that statement).
-    let (sha, key, now_param) = (
-        script.bind(&blob.sha256),
-        script.bind(&blob.blob_key),
-        script.bind(now.as_str()),
-    );
+    let now_param = script.bind(now.as_str());
     let p = [
         script.bind(message.format.name()),
         script.bind(&message.message_type),
         script.bind(&message.sender),
         script.bind(&message.control_id),
-        sha.clone(),
-        key.clone(),
+        script.bind(&blob.sha256),
+        script.bind(&blob.blob_key),
         script.bind(blob.original_size as i64),
         script.bind(blob.stored_size as i64),
         now_param.clone(),

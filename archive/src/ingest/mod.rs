@@ -9,7 +9,7 @@ mod structure;
 pub use structure::is_deflated;
 
 pub use document::{MAX_TEXT_BYTES, ReportDocument, pdf_text, report_class_name, sr_text};
-pub use parse::{ParsedObject, parse_part10, part10_from_dataset, part10_prefix};
+pub use parse::{ParsedObject, parse_part10, part10_prefix};
 
 /// Implementation Class UID written into the file meta group of objects
 /// that arrive without one (C-STORE data sets).

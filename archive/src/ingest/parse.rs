@@ -48,27 +48,6 @@ fn error_chain(err: &dyn std::error::Error) -> String {
     msg
 }
 
-/// Wrap a data set received with `transfer_syntax_uid` (as in C-STORE) into
-/// Part-10 bytes: preamble, `DICM`, a file meta group, then the data set
-/// bytes exactly as received.
-pub fn part10_from_dataset(
-    dataset: &[u8],
-    transfer_syntax_uid: &str,
-    sop_class_uid: &str,
-    sop_instance_uid: &str,
-    source_ae_title: Option<&str>,
-) -> Result<Vec<u8>, RefusalReason> {
-    let mut out = part10_prefix(
-        transfer_syntax_uid,
-        sop_class_uid,
-        sop_instance_uid,
-        source_ae_title,
-    )?;
-    out.reserve_exact(dataset.len());
-    out.extend_from_slice(dataset);
-    Ok(out)
-}
-
 /// What precedes a received data set in its Part-10 object: the 128-byte
 /// preamble, `DICM` and the file meta group.
 pub fn part10_prefix(
