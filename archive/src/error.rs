@@ -12,6 +12,9 @@ pub enum ArchiveError {
     Catalog(#[from] sqlx::Error),
     #[error("catalog write failed: {0}")]
     CatalogWrite(String),
+    /// From the writer's connection (see `catalog::WriteConn`).
+    #[error("catalog: {0}")]
+    CatalogWriter(#[from] rusqlite::Error),
     #[error("catalog migration: {0}")]
     Migration(#[from] sqlx::migrate::MigrateError),
     #[error("object store: {0}")]

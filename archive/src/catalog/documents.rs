@@ -4,9 +4,7 @@
 //! `reports` row with the extracted text, written in the transaction that
 //! records the instance, so an acknowledged SR always has its report.
 
-use sqlx::SqliteConnection;
-
-use super::{BlobRecord, append_report_change};
+use super::{BlobRecord, WriteConn, append_report_change, query_numbered, query_one};
 use crate::error::ArchiveError;
 use crate::ingest::ReportDocument;
 use crate::model::InstanceAttributes;
@@ -25,8 +23,8 @@ pub(crate) const DICOM_FORMAT: &str = "dicom";
 /// at the new blob, the report holds the new text. A replacement whose
 /// text cannot be read (`doc` is `None`) keeps its report without text,
 /// never the text of the version it replaced.
-pub(crate) async fn record_document(
-    tx: &mut SqliteConnection,
+pub(crate) fn record_document(
+    tx: &WriteConn,
     patient_pk: i64,
     attrs: &InstanceAttributes,
     blob: &BlobRecord,
@@ -35,34 +33,35 @@ pub(crate) async fn record_document(
     now: &str,
 ) -> Result<Option<i64>, ArchiveError> {
     // The report of an earlier version of this instance, if any.
-    let report_id: Option<i64> = sqlx::query_scalar(
+    let report_id: Option<i64> = query_numbered(
+        tx,
         "SELECT r.id FROM messages m JOIN reports r ON r.message_id = m.id \
          WHERE m.sender = $1 AND m.control_id = $2 ORDER BY r.id LIMIT 1",
-    )
-    .bind(DICOM_SENDER)
-    .bind(&attrs.sop_instance_uid)
-    .fetch_optional(&mut *tx)
-    .await?;
+        &[&DICOM_SENDER, &attrs.sop_instance_uid],
+    )?
+    .first()
+    .copied();
     let Some(doc) = doc else {
         if let Some(report_id) = report_id {
-            sqlx::query("UPDATE reports SET report_text = NULL WHERE id = $1")
-                .bind(report_id)
-                .execute(&mut *tx)
-                .await?;
+            query_numbered::<i64>(
+                tx,
+                "UPDATE reports SET report_text = NULL WHERE id = $1",
+                &[&report_id],
+            )?;
             let seq = append_report_change(
                 tx,
                 "report-stored",
                 report_id,
                 Some(&attrs.study_instance_uid),
                 now,
-            )
-            .await?;
+            )?;
             return Ok(Some(seq));
         }
         return Ok(None);
     };
     // The instance's message row: new, or pointed at the replacing blob.
-    let message_id: i64 = sqlx::query_scalar(
+    let message_id: i64 = query_one(
+        tx,
         "INSERT INTO messages (format, message_type, sender, control_id, sha256, blob_key, \
          original_size, stored_size, received_at, source) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
@@ -71,22 +70,24 @@ pub(crate) async fn record_document(
          original_size = excluded.original_size, stored_size = excluded.stored_size, \
          received_at = excluded.received_at, source = excluded.source \
          RETURNING id",
-    )
-    .bind(DICOM_FORMAT)
-    .bind(doc.kind)
-    .bind(DICOM_SENDER)
-    .bind(&attrs.sop_instance_uid)
-    .bind(&blob.sha256)
-    .bind(&blob.blob_key)
-    .bind(blob.original_size as i64)
-    .bind(blob.stored_size as i64)
-    .bind(now)
-    .bind(source)
-    .fetch_one(&mut *tx)
-    .await?;
+        &[
+            &DICOM_FORMAT,
+            &doc.kind,
+            &DICOM_SENDER,
+            &attrs.sop_instance_uid,
+            &blob.sha256,
+            &blob.blob_key,
+            &(blob.original_size as i64),
+            &(blob.stored_size as i64),
+            &now,
+            &source,
+        ],
+        "the message of a report instance",
+    )?;
     // A replaced instance updates its report in place (same id, message
     // and creation time); a new one inserts it.
-    let report_id: i64 = sqlx::query_scalar(
+    let report_id: i64 = query_one(
+        tx,
         "INSERT INTO reports (id, message_id, patient_pk, accession_number, service_code, \
          service_display, service_system, observed_at, status, report_text, \
          study_instance_uid, sop_instance_uid, created_at) \
@@ -98,29 +99,29 @@ pub(crate) async fn record_document(
          report_text = excluded.report_text, study_instance_uid = excluded.study_instance_uid, \
          sop_instance_uid = excluded.sop_instance_uid \
          RETURNING id",
-    )
-    .bind(report_id)
-    .bind(message_id)
-    .bind(patient_pk)
-    .bind(&attrs.accession_number)
-    .bind(&doc.title_code)
-    .bind(&doc.title)
-    .bind(&doc.title_code_system)
-    .bind(&doc.observed_at)
-    .bind(&doc.status)
-    .bind(&doc.text)
-    .bind(&attrs.study_instance_uid)
-    .bind(&attrs.sop_instance_uid)
-    .bind(now)
-    .fetch_one(&mut *tx)
-    .await?;
+        &[
+            &report_id,
+            &message_id,
+            &patient_pk,
+            &attrs.accession_number,
+            &doc.title_code,
+            &doc.title,
+            &doc.title_code_system,
+            &doc.observed_at,
+            &doc.status,
+            &doc.text,
+            &attrs.study_instance_uid,
+            &attrs.sop_instance_uid,
+            &now,
+        ],
+        "the report of an instance",
+    )?;
     let seq = append_report_change(
         tx,
         "report-stored",
         report_id,
         Some(&attrs.study_instance_uid),
         now,
-    )
-    .await?;
+    )?;
     Ok(Some(seq))
 }

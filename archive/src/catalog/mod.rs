@@ -1,25 +1,27 @@
 //! The SQL catalog: patients, studies, series, instances, blobs and the
-//! change feed, through sqlx.
+//! change feed.
 //!
 //! SQLite in WAL mode with `synchronous=FULL` is the embedded default: a
-//! committed transaction survives power loss. Writes go through exactly
-//! one connection, held by the writer task between group commits and
-//! borrowed by the few other writers (SQLite has one writer; queueing for
-//! the connection is cheaper than lock retries, and a pool would ping it
-//! twice per use), reads through their own pool. Queries use
-//! `$n` placeholders and portable SQL (`ON CONFLICT`, `RETURNING`) so a
-//! PostgreSQL backend needs only its own migration folder.
+//! committed transaction survives power loss. Reads go through a sqlx pool.
+//! Writes go through exactly one connection, owned by the writer thread
+//! (SQLite has one writer; queueing for it is cheaper than lock retries).
+//! That connection is a plain synchronous one (rusqlite, on the same SQLite
+//! library as sqlx): each write is handed to the thread once and answered
+//! once, where sqlx's connection thread answers every statement and every
+//! row in its own hand-over, each a cross-core wake-up. Queries use `$n`
+//! placeholders and portable SQL (`ON CONFLICT`, `RETURNING`).
 
+use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use rusqlite::types::{ToSqlOutput, Value};
 use sqlx::sqlite::{
-    SqliteArguments, SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
-    SqliteSynchronous,
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
-use sqlx::{Arguments as _, Connection as _, Row, Sqlite, SqliteConnection};
-use tokio::sync::{Mutex, mpsc, oneshot, watch};
+use sqlx::{Connection as _, Row, SqliteConnection};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::error::ArchiveError;
 use crate::ingest::ReportDocument;
@@ -119,11 +121,10 @@ pub struct CatalogStats {
 
 #[derive(Debug, Clone)]
 pub struct Catalog {
+    /// The queue of the writer thread, which owns the one writing
+    /// connection (records group-committed; other writes, such as API
+    /// tokens and the message mover's, run in turn as [`PendingWrite::Job`]).
     writes: mpsc::Sender<PendingWrite>,
-    /// The one writing connection, shared with the writer task (the
-    /// message mover and small administrative writes such as API tokens
-    /// queue on it).
-    writer: Arc<Mutex<SqliteConnection>>,
     reader: SqlitePool,
     /// The newest change seq committed by this process's writers.
     committed_seq: Arc<watch::Sender<i64>>,
@@ -151,25 +152,40 @@ struct PendingRecord {
     reply: oneshot::Sender<Result<RecordOutcome, ArchiveError>>,
 }
 
-/// A write waiting for the writer task's next group commit.
+/// The writer thread's connection.
+pub(crate) type WriteConn = rusqlite::Connection;
+
+/// A write for the writer thread.
 enum PendingWrite {
+    /// Group-committed with the records queued with it.
     Instance(Box<PendingRecord>),
+    /// Group-committed with the records queued with it.
     Message(Box<results::PendingMessage>),
+    /// Any other write, run alone between groups (it answers its caller
+    /// itself and opens its own transaction if it needs one).
+    Job(Box<dyn FnOnce(&mut WriteConn) + Send>),
+}
+
+impl std::fmt::Debug for PendingWrite {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.describe())
+    }
 }
 
 impl PendingWrite {
     /// Write it inside the group's transaction (see [`GroupTx`]).
-    async fn write(
-        &self,
-        tx: &mut SqliteConnection,
-        group: &mut GroupTx,
-    ) -> Result<Written, ArchiveError> {
+    fn write(&self, tx: &WriteConn, group: &mut GroupTx) -> Result<Written, ArchiveError> {
         Ok(match self {
             PendingWrite::Instance(rec) => {
-                Written::Instance(record_in_tx(tx, rec, &mut group.begin).await?)
+                Written::Instance(record_in_tx(tx, rec, &mut group.begin)?)
             }
             PendingWrite::Message(m) => {
-                Written::Message(results::record_message_in_tx(tx, m, group).await?)
+                Written::Message(results::record_message_in_tx(tx, m, group)?)
+            }
+            PendingWrite::Job(_) => {
+                return Err(ArchiveError::CatalogWrite(
+                    "a job cannot be part of a group commit".into(),
+                ));
             }
         })
     }
@@ -181,6 +197,7 @@ impl PendingWrite {
             PendingWrite::Message(m) => {
                 format!("message {} from {}", m.message.control_id, m.message.sender)
             }
+            PendingWrite::Job(_) => "catalog job".to_owned(),
         }
     }
 
@@ -199,6 +216,9 @@ impl PendingWrite {
             (PendingWrite::Message(m), Err(e)) => {
                 let _ = m.reply.send(Err(e));
             }
+            // A job answers its caller itself; dropping it unrun closes
+            // its reply channel, which the caller reports.
+            (PendingWrite::Job(_), _) => {}
             (pending, Ok(_)) => {
                 let e =
                     ArchiveError::CatalogWrite("the writer answered another kind of write".into());
@@ -253,29 +273,46 @@ impl Catalog {
             .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(30));
-        let mut writer = SqliteConnection::connect_with(&options).await?;
+        let path = options.get_filename().to_owned();
+        if options.get_filename().as_os_str() == ":memory:" || url.contains("mode=memory") {
+            return Err(ArchiveError::Config(format!(
+                "catalog URL {url:?}: the catalog must be a file (its writer and readers are \
+                 separate connections)"
+            )));
+        }
+        // Migrations on a connection of their own, closed before the
+        // writer opens.
+        let mut migrator = SqliteConnection::connect_with(&options).await?;
         sqlx::migrate!("./migrations/sqlite")
-            .run(&mut writer)
+            .run(&mut migrator)
             .await?;
-        let writer = Arc::new(Mutex::new(writer));
+        migrator.close().await?;
+        let writer = {
+            let path = path.clone();
+            tokio::task::spawn_blocking(move || open_writer(&path))
+                .await
+                .map_err(|e| ArchiveError::CatalogWrite(format!("opening the writer: {e}")))??
+        };
         // An in-process SQLite connection cannot go stale: no ping before
         // each use.
         let reader = SqlitePoolOptions::new()
             .max_connections(4)
             .test_before_acquire(false)
-            .connect_with(options.clone().read_only(true))
+            .connect_with(
+                options
+                    .clone()
+                    .read_only(true)
+                    .pragma("cache_size", READ_CACHE_KIB),
+            )
             .await?;
         let (writes, queue) = mpsc::channel(4 * MAX_GROUP_COMMIT);
         let committed_seq = Arc::new(watch::Sender::new(0));
-        tokio::spawn(writer_task(
-            Arc::clone(&writer),
-            options,
-            queue,
-            Arc::clone(&committed_seq),
-        ));
+        let seq = Arc::clone(&committed_seq);
+        std::thread::Builder::new()
+            .name("catalog-writer".into())
+            .spawn(move || writer_thread(path, writer, queue, seq))?;
         Ok(Catalog {
             writes,
-            writer,
             reader,
             committed_seq,
         })
@@ -473,7 +510,7 @@ impl Catalog {
         self.queue_write(pending, answer).await
     }
 
-    /// Queue a write for the writer task and wait for its answer.
+    /// Queue a write for the writer thread and wait for its answer.
     async fn queue_write<T>(
         &self,
         pending: PendingWrite,
@@ -483,30 +520,47 @@ impl Catalog {
         self.writes.send(pending).await.map_err(|_| gone())?;
         answer.await.map_err(|_| gone())?
     }
+
+    /// Run `write` on the writer's connection, between group commits, and
+    /// wait for its answer. It opens its own transaction if it needs one.
+    pub(crate) async fn write_job<T, F>(&self, write: F) -> Result<T, ArchiveError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut WriteConn) -> Result<T, ArchiveError> + Send + 'static,
+    {
+        let (reply, answer) = oneshot::channel();
+        let job = move |conn: &mut WriteConn| {
+            let _ = reply.send(write(conn));
+        };
+        self.queue_write(PendingWrite::Job(Box::new(job)), answer)
+            .await
+    }
 }
 
-/// Write one record inside the writer's transaction (in its own savepoint).
-async fn record_in_tx(
-    tx: &mut SqliteConnection,
+/// Write one record inside the writer's transaction.
+fn record_in_tx(
+    tx: &WriteConn,
     rec: &PendingRecord,
     begin: &mut bool,
 ) -> Result<RecordOutcome, ArchiveError> {
-    let existing = sqlx::query(&format!(
-        "{}SELECT i.sha256, b.stored_size FROM instances i JOIN blobs b ON b.sha256 = i.sha256 \
-         WHERE i.sop_instance_uid = $1",
-        begin_first(begin)
-    ))
-    .bind(&rec.attrs.sop_instance_uid)
-    .fetch_optional(&mut *tx)
-    .await?;
-    if let Some(row) = &existing {
-        let sha: String = row.get(0);
-        if sha == rec.blob.sha256 || !rec.replace {
-            return Ok(RecordOutcome::AlreadyPresent {
-                sha256: sha,
-                stored_size: row.get::<i64, _>(1) as u64,
-            });
-        }
+    let mut check = Script::default();
+    check.push_raw(begin_first(begin));
+    let sop = check.bind(rec.attrs.sop_instance_uid.as_str());
+    check.push(&format!(
+        "SELECT i.sha256, b.stored_size FROM instances i JOIN blobs b ON b.sha256 = i.sha256 \
+         WHERE i.sop_instance_uid = {sop}"
+    ));
+    let existing: Option<(String, i64)> = check
+        .run(tx, |r| Ok((r.get(0)?, r.get(1)?)))?
+        .into_iter()
+        .next();
+    if let Some((sha, stored_size)) = &existing
+        && (*sha == rec.blob.sha256 || !rec.replace)
+    {
+        return Ok(RecordOutcome::AlreadyPresent {
+            sha256: sha.clone(),
+            stored_size: *stored_size as u64,
+        });
     }
     let now = now_rfc3339();
     let a = &rec.attrs;
@@ -613,8 +667,7 @@ async fn record_in_tx(
         "INSERT INTO changes (kind, sop_instance_uid, series_instance_uid, study_instance_uid, recorded_at) \
          VALUES ({kind}, {sop}, {series}, {study}, {now_param}) RETURNING 'seq', seq"
     ));
-    let (sql, args) = script.into_parts()?;
-    let rows: Vec<(String, i64)> = sqlx::query_as_with(&sql, args).fetch_all(&mut *tx).await?;
+    let rows: Vec<(String, i64)> = script.run(tx, |r| Ok((r.get(0)?, r.get(1)?)))?;
     let tagged = |tag: &str| rows.iter().find(|(t, _)| t == tag).map(|(_, v)| *v);
     let (Some(patient_pk), Some(mut seq)) = (tagged("patient"), tagged("seq")) else {
         return Err(ArchiveError::CatalogWrite(format!(
@@ -626,16 +679,13 @@ async fn record_in_tx(
     let blob_inserted = tagged("blob").is_some();
     // A report that arrived before its images is linked when they come.
     if new_study && let (Some(accession), Some(patient_id)) = (&a.accession_number, &a.patient_id) {
-        let linked: Vec<i64> = sqlx::query_scalar(
+        let linked: Vec<i64> = query_numbered(
+            tx,
             "UPDATE reports SET study_instance_uid = $1 WHERE study_instance_uid IS NULL \
              AND accession_number = $2 \
              AND patient_pk IN (SELECT id FROM patients WHERE patient_id = $3) RETURNING id",
-        )
-        .bind(&a.study_instance_uid)
-        .bind(accession)
-        .bind(patient_id)
-        .fetch_all(&mut *tx)
-        .await?;
+            &[&a.study_instance_uid, accession, patient_id],
+        )?;
         for report_id in linked {
             let linked_seq = append_report_change(
                 tx,
@@ -643,8 +693,7 @@ async fn record_in_tx(
                 report_id,
                 Some(&a.study_instance_uid),
                 &now,
-            )
-            .await?;
+            )?;
             seq = seq.max(linked_seq);
         }
     }
@@ -659,18 +708,19 @@ async fn record_in_tx(
             &rec.source,
             rec.document.as_ref(),
             &now,
-        )
-        .await?
+        )?
     {
         seq = seq.max(report_seq);
     }
     let stored_size = if blob_inserted {
         rec.blob.stored_size as i64
     } else {
-        sqlx::query_scalar("SELECT stored_size FROM blobs WHERE sha256 = $1")
-            .bind(&rec.blob.sha256)
-            .fetch_one(&mut *tx)
-            .await?
+        query_one::<i64>(
+            tx,
+            "SELECT stored_size FROM blobs WHERE sha256 = $1",
+            &[&rec.blob.sha256],
+            "the stored size of the blob",
+        )?
     };
     Ok(RecordOutcome::Recorded {
         seq,
@@ -679,61 +729,174 @@ async fn record_in_tx(
     })
 }
 
-/// Several SQL statements sent to the connection as one query: sqlx runs
-/// them one after another on the connection's thread, binding `$n` from one
-/// shared argument list, and returns the rows of every `RETURNING` in
-/// order. One round trip to that thread costs ~45 us on a 2-core machine;
-/// a statement inside a script ~5 us. The writer builds each record as one
-/// or two scripts instead of a statement per row.
+/// Several SQL statements run in order on the writer's connection, binding
+/// `$n` from one shared argument list; [`Script::run`] returns the rows of
+/// every `RETURNING` or `SELECT` in order. Each statement is prepared once
+/// and cached by its text.
 #[derive(Default)]
-pub(crate) struct Script<'q> {
-    sql: String,
-    args: SqliteArguments<'q>,
-    count: usize,
+pub(crate) struct Script {
+    statements: Vec<String>,
+    args: Vec<Value>,
     error: Option<String>,
 }
 
-impl<'q> Script<'q> {
+impl Script {
     /// Add a value to the arguments; its placeholder (`$n`), to use in any
     /// later statement, as often as needed.
-    pub fn bind<T>(&mut self, value: T) -> String
-    where
-        T: 'q + sqlx::Encode<'q, Sqlite> + sqlx::Type<Sqlite>,
-    {
-        if let Err(e) = self.args.add(value) {
-            self.error.get_or_insert_with(|| e.to_string());
-        }
-        self.count += 1;
-        format!("${}", self.count)
+    pub fn bind<T: rusqlite::ToSql>(&mut self, value: T) -> String {
+        let value = match value.to_sql() {
+            Ok(ToSqlOutput::Borrowed(v)) => v.into(),
+            Ok(ToSqlOutput::Owned(v)) => v,
+            Ok(_) => {
+                self.error.get_or_insert_with(|| "unsupported value".into());
+                Value::Null
+            }
+            Err(e) => {
+                self.error.get_or_insert_with(|| e.to_string());
+                Value::Null
+            }
+        };
+        self.args.push(value);
+        format!("${}", self.args.len())
     }
 
-    /// Add SQL as is (e.g. `BEGIN;\n`).
+    /// Add a statement given with its terminating `;` (e.g. `BEGIN;\n`
+    /// from [`GroupTx::open`]); empty text adds nothing.
     pub fn push_raw(&mut self, sql: &str) {
-        self.sql.push_str(sql);
+        let sql = sql.trim().trim_end_matches(';');
+        if !sql.is_empty() {
+            self.statements.push(sql.to_owned());
+        }
     }
 
     pub fn push(&mut self, statement: &str) {
-        self.sql.push_str(statement);
-        self.sql.push_str(";\n");
+        self.statements.push(statement.to_owned());
     }
 
-    /// The SQL and its arguments, to run with `sqlx::query_with` and kin.
-    pub fn into_parts(self) -> Result<(String, SqliteArguments<'q>), ArchiveError> {
-        match self.error {
-            Some(e) => Err(ArchiveError::CatalogWrite(format!(
+    /// Run the statements in order; `row` reads each row they return.
+    pub fn run<T>(
+        self,
+        conn: &WriteConn,
+        mut row: impl FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+    ) -> Result<Vec<T>, ArchiveError> {
+        if let Some(e) = self.error {
+            return Err(ArchiveError::CatalogWrite(format!(
                 "cannot bind a value: {e}"
-            ))),
-            None => Ok((self.sql, self.args)),
+            )));
+        }
+        let args: Vec<&dyn rusqlite::ToSql> = self
+            .args
+            .iter()
+            .map(|v| v as &dyn rusqlite::ToSql)
+            .collect();
+        let mut out = Vec::new();
+        for sql in &self.statements {
+            run_numbered(conn, sql, &args, |r| {
+                out.push(row(r)?);
+                Ok(())
+            })?;
+        }
+        Ok(out)
+    }
+}
+
+/// Run one statement whose `$n` placeholders are `args[n - 1]`; `row`
+/// reads each row it returns.
+pub(crate) fn run_numbered(
+    conn: &WriteConn,
+    sql: &str,
+    args: &[&dyn rusqlite::ToSql],
+    mut row: impl FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<()>,
+) -> Result<(), ArchiveError> {
+    let mut stmt = conn.prepare_cached(sql)?;
+    let numbers = placeholder_numbers(sql);
+    if numbers.len() != stmt.parameter_count() {
+        return Err(ArchiveError::CatalogWrite(format!(
+            "statement has {} parameters, {} placeholders were found: {sql}",
+            stmt.parameter_count(),
+            numbers.len()
+        )));
+    }
+    for (i, n) in numbers.into_iter().enumerate() {
+        let Some(arg) = n.checked_sub(1).and_then(|n| args.get(n)) else {
+            return Err(ArchiveError::CatalogWrite(format!(
+                "placeholder ${n} has no value: {sql}"
+            )));
+        };
+        stmt.raw_bind_parameter(i + 1, arg)?;
+    }
+    let mut rows = stmt.raw_query();
+    while let Some(r) = rows.next()? {
+        row(r)?;
+    }
+    Ok(())
+}
+
+/// The numbers of the `$n` placeholders of `sql`, each once, in order of
+/// first appearance: SQLite's parameter indexes (it numbers named
+/// parameters by first appearance, not by `n`). Asking SQLite for each
+/// parameter's name instead costs a scan of the name list per parameter,
+/// which adds up for a multi-row insert. The catalog's SQL has no `$` in
+/// string literals.
+fn placeholder_numbers(sql: &str) -> Vec<usize> {
+    let bytes = sql.as_bytes();
+    let mut numbers: Vec<usize> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'$' {
+            let start = i + 1;
+            let mut end = start;
+            while end < bytes.len() && bytes[end].is_ascii_digit() {
+                end += 1;
+            }
+            if let Ok(n) = sql[start..end].parse::<usize>()
+                && seen.insert(n)
+            {
+                numbers.push(n);
+            }
+            i = end;
+        } else {
+            i += 1;
         }
     }
+    numbers
+}
+
+/// [`run_numbered`] for the first column of the one row it must return
+/// (`what` names it in the error otherwise).
+pub(crate) fn query_one<T: rusqlite::types::FromSql>(
+    conn: &WriteConn,
+    sql: &str,
+    args: &[&dyn rusqlite::ToSql],
+    what: &str,
+) -> Result<T, ArchiveError> {
+    query_numbered(conn, sql, args)?
+        .into_iter()
+        .next()
+        .ok_or_else(|| ArchiveError::CatalogWrite(format!("no row for {what}")))
+}
+
+/// [`run_numbered`] for the rows' first columns.
+pub(crate) fn query_numbered<T: rusqlite::types::FromSql>(
+    conn: &WriteConn,
+    sql: &str,
+    args: &[&dyn rusqlite::ToSql],
+) -> Result<Vec<T>, ArchiveError> {
+    let mut out = Vec::new();
+    run_numbered(conn, sql, args, |r| {
+        out.push(r.get(0)?);
+        Ok(())
+    })?;
+    Ok(out)
 }
 
 /// Add the insert of a patient (if new) to `script`, then, if `returning`
 /// is given, a select that gives it for the row, new or not; returns the
 /// placeholders of its key and of its Patient ID.
-pub(crate) fn push_patient<'q>(
-    script: &mut Script<'q>,
-    patient: PatientRow<'q>,
+pub(crate) fn push_patient(
+    script: &mut Script,
+    patient: PatientRow<'_>,
     now: &str,
     returning: Option<&str>,
 ) -> (String, String) {
@@ -765,23 +928,20 @@ pub(crate) fn push_patient<'q>(
 }
 
 /// Append a report's entry to the change feed; its seq.
-pub(crate) async fn append_report_change(
-    tx: &mut SqliteConnection,
+pub(crate) fn append_report_change(
+    tx: &WriteConn,
     kind: &str,
     report_id: i64,
     study_instance_uid: Option<&str>,
     now: &str,
 ) -> Result<i64, ArchiveError> {
-    Ok(sqlx::query_scalar(
+    query_one(
+        tx,
         "INSERT INTO changes (kind, report_id, study_instance_uid, recorded_at) \
          VALUES ($1, $2, $3, $4) RETURNING seq",
+        &[&kind, &report_id, &study_instance_uid, &now],
+        "the seq of a change",
     )
-    .bind(kind)
-    .bind(report_id)
-    .bind(study_instance_uid)
-    .bind(now)
-    .fetch_one(&mut *tx)
-    .await?)
 }
 
 /// The patient columns of a row to upsert.
@@ -817,72 +977,122 @@ fn notify_committed(committed_seq: &watch::Sender<i64>, newest: i64) {
     });
 }
 
-/// The one writer of the catalog: takes whatever records are queued (up to
-/// `MAX_GROUP_COMMIT`), writes each in its own savepoint, commits once, and
-/// only then answers each ingest.
-async fn writer_task(
-    writer: Arc<Mutex<SqliteConnection>>,
-    options: SqliteConnectOptions,
+/// Pages of the writer's page cache (negative: KiB), and of each reader's.
+const WRITE_CACHE_KIB: &str = "-32768";
+const READ_CACHE_KIB: &str = "-16384";
+/// Prepared statements kept by the writer (a message's statements differ
+/// by their placeholder numbers, so shapes add up).
+const WRITE_STATEMENT_CACHE: usize = 512;
+
+/// Open the writer's connection: WAL, `synchronous=FULL` (a commit is
+/// durable when it returns), foreign keys, and a long busy timeout for the
+/// rare outside writer (`pacs verify --repair`, a second process).
+fn open_writer(path: &std::path::Path) -> Result<WriteConn, ArchiveError> {
+    use rusqlite::OpenFlags;
+    let conn = WriteConn::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX
+            | OpenFlags::SQLITE_OPEN_URI,
+    )?;
+    conn.busy_timeout(Duration::from_secs(30))?;
+    conn.execute_batch(&format!(
+        "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; \
+         PRAGMA cache_size = {WRITE_CACHE_KIB};"
+    ))?;
+    conn.set_prepared_statement_cache_capacity(WRITE_STATEMENT_CACHE);
+    Ok(conn)
+}
+
+/// The one writer of the catalog, on a thread of its own: takes whatever
+/// records are queued (up to `MAX_GROUP_COMMIT`), writes them in one
+/// transaction, commits once, and only then answers each ingest. Jobs run
+/// alone, in queue order between groups.
+fn writer_thread(
+    path: PathBuf,
+    mut conn: WriteConn,
     mut queue: mpsc::Receiver<PendingWrite>,
     committed_seq: Arc<watch::Sender<i64>>,
 ) {
+    let mut queued = Vec::with_capacity(MAX_GROUP_COMMIT);
     let mut batch = Vec::with_capacity(MAX_GROUP_COMMIT);
-    while let Some(first) = queue.recv().await {
-        batch.push(first);
-        while batch.len() < MAX_GROUP_COMMIT {
+    while let Some(first) = queue.blocking_recv() {
+        queued.push(first);
+        while queued.len() < MAX_GROUP_COMMIT {
             match queue.try_recv() {
-                Ok(next) => batch.push(next),
+                Ok(next) => queued.push(next),
                 Err(_) => break,
             }
         }
-        let mut conn = writer.lock().await;
-        let group = commit_group(&mut conn, &batch).await;
-        if matches!(group, Err(WriterError::Broken(_))) {
-            // Replace a connection left inside a transaction it cannot
-            // roll back (the failed group is answered below).
-            match SqliteConnection::connect_with(&options).await {
-                Ok(fresh) => *conn = fresh,
-                Err(e) => tracing::error!(error = %e, "cannot reopen the catalog connection"),
+        for pending in queued.drain(..) {
+            match pending {
+                PendingWrite::Job(job) => {
+                    write_group(&path, &mut conn, &mut batch, &committed_seq);
+                    job(&mut conn);
+                }
+                record => batch.push(record),
             }
         }
-        drop(conn);
-        match group.map_err(ArchiveError::from) {
-            Ok(outcomes) => {
-                let newest = outcomes
-                    .iter()
-                    .filter_map(|o| o.as_ref().ok().and_then(Written::seq))
-                    .max();
-                if let Some(newest) = newest {
-                    notify_committed(&committed_seq, newest);
-                }
-                for (pending, outcome) in batch.drain(..).zip(outcomes) {
-                    pending.answer(outcome);
-                }
+        write_group(&path, &mut conn, &mut batch, &committed_seq);
+    }
+}
+
+/// Commit `batch` as one group and answer each of its writes.
+fn write_group(
+    path: &std::path::Path,
+    conn: &mut WriteConn,
+    batch: &mut Vec<PendingWrite>,
+    committed_seq: &watch::Sender<i64>,
+) {
+    if batch.is_empty() {
+        return;
+    }
+    let group = commit_group(conn, batch);
+    if matches!(group, Err(WriterError::Broken(_))) {
+        // Replace a connection left inside a transaction it cannot roll
+        // back (the failed group is answered below).
+        match open_writer(path) {
+            Ok(fresh) => *conn = fresh,
+            Err(e) => tracing::error!(error = %e, "cannot reopen the catalog connection"),
+        }
+    }
+    match group.map_err(ArchiveError::from) {
+        Ok(outcomes) => {
+            let newest = outcomes
+                .iter()
+                .filter_map(|o| o.as_ref().ok().and_then(Written::seq))
+                .max();
+            if let Some(newest) = newest {
+                notify_committed(committed_seq, newest);
             }
-            Err(e) => {
-                tracing::error!(error = %e, records = batch.len(), "catalog group commit failed");
-                let message = e.to_string();
-                for pending in batch.drain(..) {
-                    pending.answer(Err(ArchiveError::CatalogWrite(message.clone())));
-                }
+            for (pending, outcome) in batch.drain(..).zip(outcomes) {
+                pending.answer(outcome);
+            }
+        }
+        Err(e) => {
+            tracing::error!(error = %e, records = batch.len(), "catalog group commit failed");
+            let message = e.to_string();
+            for pending in batch.drain(..) {
+                pending.answer(Err(ArchiveError::CatalogWrite(message.clone())));
             }
         }
     }
 }
 
-async fn commit_group(
-    conn: &mut SqliteConnection,
+fn commit_group(
+    conn: &WriteConn,
     batch: &[PendingWrite],
 ) -> Result<Vec<Result<Written, ArchiveError>>, WriterError> {
     // Fast path: the whole group in one transaction, opened by the first
-    // query of the first write and, when it can, committed by the last query
-    // of the last write (two round trips less per group).
+    // statement of the first write and, when it can, committed by the last
+    // statement of the last write.
     let mut group = GroupTx::new();
     let mut outcomes = Vec::with_capacity(batch.len());
     let mut failed = false;
     for (i, pending) in batch.iter().enumerate() {
         group.may_commit = i + 1 == batch.len();
-        match pending.write(conn, &mut group).await {
+        match pending.write(conn, &mut group) {
             Ok(outcome) => outcomes.push(outcome),
             Err(e) => {
                 tracing::warn!(error = %e, write = %pending.describe(), "record failed; retrying the group one by one");
@@ -892,22 +1102,22 @@ async fn commit_group(
         }
     }
     if !failed {
-        finish(conn, &group, true).await?;
+        finish(conn, &group, true)?;
         return Ok(outcomes.into_iter().map(Ok).collect());
     }
-    finish(conn, &group, false).await?;
+    finish(conn, &group, false)?;
     // Slow path: one transaction per write, so one bad write fails alone.
     let mut results = Vec::with_capacity(batch.len());
     for pending in batch {
         let mut group = GroupTx::new();
         group.may_commit = true;
-        match pending.write(conn, &mut group).await {
+        match pending.write(conn, &mut group) {
             Ok(outcome) => {
-                finish(conn, &group, true).await?;
+                finish(conn, &group, true)?;
                 results.push(Ok(outcome));
             }
             Err(e) => {
-                finish(conn, &group, false).await?;
+                finish(conn, &group, false)?;
                 results.push(Err(e));
             }
         }
@@ -993,30 +1203,86 @@ impl From<WriterError> for ArchiveError {
 /// replaced (after a failure inside `BEGIN` itself, or after a write that
 /// committed and then failed a check, there is no transaction to roll back,
 /// which is fine).
-async fn finish(
-    conn: &mut SqliteConnection,
-    group: &GroupTx,
-    commit: bool,
-) -> Result<(), WriterError> {
+fn finish(conn: &WriteConn, group: &GroupTx, commit: bool) -> Result<(), WriterError> {
     if group.begin || (commit && group.committed) {
         return Ok(());
     }
     let committed = if commit {
-        sqlx::query("COMMIT").execute(&mut *conn).await.map(|_| ())
+        conn.execute_batch("COMMIT")
     } else {
         Ok(())
     };
-    if !commit || committed.is_err() {
-        match sqlx::query("ROLLBACK").execute(&mut *conn).await {
-            Err(e) if !e.to_string().contains("no transaction is active") => {
-                let e = ArchiveError::from(e);
-                return Err(WriterError::Broken(match committed {
-                    Err(c) => ArchiveError::from(c),
-                    Ok(()) => e,
-                }));
-            }
-            _ => {}
-        }
+    if (!commit || committed.is_err())
+        && let Err(e) = conn.execute_batch("ROLLBACK")
+        && !e.to_string().contains("no transaction is active")
+    {
+        let e = ArchiveError::from(e);
+        return Err(WriterError::Broken(match committed {
+            Err(c) => ArchiveError::from(c),
+            Ok(()) => e,
+        }));
     }
     Ok(committed.map_err(ArchiveError::from)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placeholders_are_numbered_by_first_appearance() {
+        assert_eq!(
+            placeholder_numbers("UPDATE t SET a = $7 WHERE b = $2 AND c = $7 OR d = $10"),
+            vec![7, 2, 10]
+        );
+        assert!(placeholder_numbers("SELECT 1").is_empty());
+    }
+
+    #[test]
+    fn a_script_binds_each_placeholder_to_its_own_value() {
+        let conn = WriteConn::open_in_memory().unwrap();
+        conn.execute_batch("CREATE TABLE t (id INTEGER PRIMARY KEY, a TEXT, b INTEGER, c TEXT)")
+            .unwrap();
+        let mut script = Script::default();
+        script.push_raw("BEGIN;\n");
+        let a = script.bind("first");
+        let b = script.bind(42_i64);
+        let c = script.bind(None::<String>);
+        // Used out of order and twice: SQLite would number them 1, 2, 3 by
+        // appearance.
+        script.push(&format!(
+            "INSERT INTO t (c, b, a) VALUES ({c}, {b}, {a}) RETURNING id"
+        ));
+        script.push(&format!(
+            "INSERT INTO t (a, b, c) VALUES ({b}, {b}, {a}) RETURNING id"
+        ));
+        script.push(&format!("SELECT count(*) FROM t WHERE a = {a} OR c = {a}"));
+        script.push_raw(GroupTx::new().close());
+        script.push_raw("COMMIT;\n");
+        let rows = script.run(&conn, |r| r.get::<_, i64>(0)).unwrap();
+        assert_eq!(rows, vec![1, 2, 2]);
+        let stored: Vec<(Option<String>, i64, Option<String>)> = conn
+            .prepare("SELECT a, b, c FROM t ORDER BY id")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(
+            stored,
+            vec![
+                (Some("first".into()), 42, None),
+                (Some("42".into()), 42, Some("first".into()))
+            ]
+        );
+    }
+
+    #[test]
+    fn a_dollar_sign_that_is_not_a_placeholder_is_an_error_not_a_wrong_binding() {
+        let conn = WriteConn::open_in_memory().unwrap();
+        let err = run_numbered(&conn, "SELECT '$2', $1", &[&1_i64], |_| Ok(())).unwrap_err();
+        assert!(err.to_string().contains("placeholders"), "{err}");
+        let err = run_numbered(&conn, "SELECT $2", &[&1_i64], |_| Ok(())).unwrap_err();
+        assert!(err.to_string().contains("no value"), "{err}");
+    }
 }

@@ -1,15 +1,16 @@
 //! Messages, reports and results in the catalog: one transaction per
 //! message, corrections kept as history, reads by patient and test.
 
-use sqlx::{Connection as _, Row};
-
-use sqlx::SqliteConnection;
+use sqlx::Row;
 use sqlx::sqlite::SqliteRow;
 
 use bytes::Bytes;
 use tokio::sync::oneshot;
 
-use super::{Catalog, GroupTx, PatientRow, PendingWrite, Script, now_rfc3339, push_patient};
+use super::{
+    Catalog, GroupTx, PatientRow, PendingWrite, Script, WriteConn, now_rfc3339, push_patient,
+    run_numbered,
+};
 use crate::error::ArchiveError;
 use crate::model::patient_key;
 use crate::results::{
@@ -140,28 +141,30 @@ impl Catalog {
         pack_key: &str,
         members: &[(i64, u64)],
     ) -> Result<(), ArchiveError> {
-        let mut conn = self.writer.lock().await;
-        let mut tx = conn.begin().await?;
-        // A few scripts rather than two statements per message: the writer
-        // connection is shared with ingest, which waits meanwhile.
-        for chunk in members.chunks(500) {
-            let mut script = Script::default();
-            let pack = script.bind(pack_key);
-            for (message_id, offset) in chunk {
-                let (offset, id) = (script.bind(*offset as i64), script.bind(*message_id));
-                script.push(&format!(
-                    "UPDATE messages SET blob_key = {pack}, blob_offset = {offset} \
-                     WHERE id = {id} AND blob_offset IS NULL"
-                ));
-                script.push(&format!(
-                    "DELETE FROM message_outbox WHERE message_id = {id}"
-                ));
+        let pack_key = pack_key.to_owned();
+        let members = members.to_vec();
+        self.write_job(move |conn| {
+            let tx = conn.transaction()?;
+            for (message_id, offset) in &members {
+                let offset = *offset as i64;
+                run_numbered(
+                    &tx,
+                    "UPDATE messages SET blob_key = $1, blob_offset = $2 \
+                     WHERE id = $3 AND blob_offset IS NULL",
+                    &[&pack_key, &offset, message_id],
+                    |_| Ok(()),
+                )?;
+                run_numbered(
+                    &tx,
+                    "DELETE FROM message_outbox WHERE message_id = $1",
+                    &[message_id],
+                    |_| Ok(()),
+                )?;
             }
-            let (sql, args) = script.into_parts()?;
-            sqlx::query_with(&sql, args).execute(&mut *tx).await?;
-        }
-        tx.commit().await?;
-        Ok(())
+            tx.commit()?;
+            Ok(())
+        })
+        .await
     }
 
     /// The reports linked to a study, oldest first.
@@ -217,8 +220,8 @@ pub(super) struct PendingMessage {
 
 /// Record one message inside the writer's transaction, in one round trip
 /// to the connection's thread (two when a result corrects an earlier one).
-pub(super) async fn record_message_in_tx(
-    tx: &mut SqliteConnection,
+pub(super) fn record_message_in_tx(
+    tx: &WriteConn,
     pending: &PendingMessage,
     group: &mut GroupTx,
 ) -> Result<MessageOutcome, ArchiveError> {
@@ -294,34 +297,36 @@ pub(super) async fn record_message_in_tx(
     if !corrects {
         script.push_raw(group.close());
     }
-    let (sql, args) = script.into_parts()?;
-    let returned = match sqlx::query_scalar_with::<_, i64, _>(&sql, args)
-        .fetch_all(&mut *tx)
-        .await
-    {
+    let returned = match script.run(tx, |r| r.get::<_, i64>(0)) {
         Ok(rows) => {
             if !corrects {
                 group.committed();
             }
             rows
         }
-        Err(sqlx::Error::Database(e))
-            if e.kind() == sqlx::error::ErrorKind::UniqueViolation
-                && e.message().contains("messages.") =>
+        Err(ArchiveError::CatalogWriter(rusqlite::Error::SqliteFailure(e, Some(m))))
+            if e.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE
+                && m.contains("messages.") =>
         {
-            let row = sqlx::query(
+            let mut present = None;
+            run_numbered(
+                tx,
                 "SELECT id, sha256 FROM messages WHERE sender = $1 AND control_id = $2",
-            )
-            .bind(&message.sender)
-            .bind(&message.control_id)
-            .fetch_one(&mut *tx)
-            .await?;
-            return Ok(MessageOutcome::AlreadyPresent {
-                message_id: row.try_get(0)?,
-                sha256: row.try_get(1)?,
-            });
+                &[&message.sender, &message.control_id],
+                |r| {
+                    present = Some((r.get(0)?, r.get(1)?));
+                    Ok(())
+                },
+            )?;
+            let Some((message_id, sha256)) = present else {
+                return Err(ArchiveError::CatalogWrite(format!(
+                    "message {} from {} is a duplicate of nothing",
+                    message.control_id, message.sender
+                )));
+            };
+            return Ok(MessageOutcome::AlreadyPresent { message_id, sha256 });
         }
-        Err(e) => return Err(e.into()),
+        Err(e) => return Err(e),
     };
     let result_ids = |r: &ResultReport| {
         if corrects_a_result(r) {
@@ -360,7 +365,7 @@ pub(super) async fn record_message_in_tx(
             newest = newest.max(next());
             reports.push(report_id);
             if !ids.is_empty() {
-                supersede_corrected(tx, r, report_id, patient_pk, &ids).await?;
+                supersede_corrected(tx, r, report_id, patient_pk, &ids)?;
             }
         }
     }
@@ -478,9 +483,9 @@ const OBSERVATIONS_PER_INSERT: usize = 500;
 /// its change-feed entry. Within the writer's transaction the new report
 /// has the largest id. Returns, in order: the report id, each result's id
 /// (only if the report corrects a result), the change's seq.
-fn push_report<'q>(
-    script: &mut Script<'q>,
-    r: &'q ResultReport,
+fn push_report(
+    script: &mut Script,
+    r: &ResultReport,
     patient_pk: &str,
     patient_id: &str,
     now: &str,
@@ -565,8 +570,8 @@ fn corrects_a_result(r: &ResultReport) -> bool {
 /// same test in the same order (by filler, placer or accession number) as
 /// superseded by it: history, not an overwrite. `ids` are the report's
 /// new result ids in order.
-async fn supersede_corrected(
-    tx: &mut SqliteConnection,
+fn supersede_corrected(
+    tx: &WriteConn,
     r: &ResultReport,
     report_id: i64,
     patient_pk: i64,
@@ -574,7 +579,8 @@ async fn supersede_corrected(
 ) -> Result<(), ArchiveError> {
     for (o, &id) in r.observations.iter().zip(ids) {
         if o.is_correction() {
-            sqlx::query(
+            run_numbered(
+                tx,
                 "UPDATE observations SET superseded_by = $1 WHERE id = (\
                  SELECT o.id FROM observations o JOIN reports r ON r.id = o.report_id \
                  WHERE o.patient_pk = $2 AND o.code IS $3 AND o.id <> $1 AND o.superseded_by IS NULL \
@@ -583,16 +589,17 @@ async fn supersede_corrected(
                    OR (r.placer_number IS NOT NULL AND r.placer_number = $5) \
                    OR (r.accession_number IS NOT NULL AND r.accession_number = $6)) \
                  ORDER BY o.id DESC LIMIT 1)",
-            )
-            .bind(id)
-            .bind(patient_pk)
-            .bind(&o.code.code)
-            .bind(&r.filler_number)
-            .bind(&r.placer_number)
-            .bind(&r.accession_number)
-            .bind(report_id)
-            .execute(&mut *tx)
-            .await?;
+                &[
+                    &id,
+                    &patient_pk,
+                    &o.code.code,
+                    &r.filler_number,
+                    &r.placer_number,
+                    &r.accession_number,
+                    &report_id,
+                ],
+                |_| Ok(()),
+            )?;
         }
     }
     Ok(())

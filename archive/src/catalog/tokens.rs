@@ -3,7 +3,7 @@
 
 use sqlx::Row;
 
-use super::{Catalog, now_rfc3339};
+use super::{Catalog, now_rfc3339, query_numbered, query_one};
 use crate::error::ArchiveError;
 
 /// What a token lets its holder do. The policy lives in the viewer API.
@@ -61,17 +61,25 @@ impl Catalog {
         role: TokenRole,
         token_hash: &str,
     ) -> Result<ApiToken, ArchiveError> {
-        let row = sqlx::query(
-            "INSERT INTO api_tokens (name, role, token_hash, created_at) VALUES ($1, $2, $3, $4) \
-             RETURNING id, name, role, created_at, revoked_at",
-        )
-        .bind(name)
-        .bind(role.name())
-        .bind(token_hash)
-        .bind(now_rfc3339())
-        .fetch_one(&mut *self.writer.lock().await)
-        .await?;
-        token_from_row(&row)
+        let (name, token_hash, created_at) =
+            (name.to_owned(), token_hash.to_owned(), now_rfc3339());
+        self.write_job(move |conn| {
+            let id = query_one(
+                conn,
+                "INSERT INTO api_tokens (name, role, token_hash, created_at) \
+                 VALUES ($1, $2, $3, $4) RETURNING id",
+                &[&name, &role.name(), &token_hash, &created_at],
+                "a new token",
+            )?;
+            Ok(ApiToken {
+                id,
+                name,
+                role,
+                created_at,
+                revoked_at: None,
+            })
+        })
+        .await
     }
 
     /// The live (not revoked) token with this hash, if any.
@@ -101,13 +109,16 @@ impl Catalog {
 
     /// Revoke every live token with this name; returns how many.
     pub async fn revoke_api_tokens(&self, name: &str) -> Result<u64, ArchiveError> {
-        let done = sqlx::query(
-            "UPDATE api_tokens SET revoked_at = $1 WHERE name = $2 AND revoked_at IS NULL",
-        )
-        .bind(now_rfc3339())
-        .bind(name)
-        .execute(&mut *self.writer.lock().await)
-        .await?;
-        Ok(done.rows_affected())
+        let (name, now) = (name.to_owned(), now_rfc3339());
+        self.write_job(move |conn| {
+            let revoked: Vec<i64> = query_numbered(
+                conn,
+                "UPDATE api_tokens SET revoked_at = $1 WHERE name = $2 AND revoked_at IS NULL \
+                 RETURNING id",
+                &[&now, &name],
+            )?;
+            Ok(revoked.len() as u64)
+        })
+        .await
     }
 }
