@@ -140,7 +140,7 @@ pub struct Precheck {
     pub blob_stored_size: Option<u64>,
 }
 
-/// An instance waiting for the writer task's next group commit.
+/// An instance waiting for the writer thread's next group commit.
 struct PendingRecord {
     attrs: InstanceAttributes,
     blob: BlobRecord,
@@ -569,7 +569,7 @@ fn record_in_tx(
     } else {
         "instance-stored"
     };
-    // One round trip: patient (inserted if new, then its id selected),
+    // One script: patient (inserted if new, then its id selected),
     // study and series if new, blob if new, the instance (one upsert:
     // reached only for a new instance or an allowed replacement) and its
     // change-feed entry. Rows are tagged, since a conflicting insert returns

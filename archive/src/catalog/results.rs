@@ -67,7 +67,7 @@ impl Catalog {
     /// result marks the result it corrects (same patient, same test, same
     /// order) as superseded instead of replacing it. A report without a
     /// study is linked to the study with its accession number. Concurrent
-    /// messages and instances are group-committed by the one writer task.
+    /// messages and instances are group-committed by the one writer thread.
     pub async fn record_message(
         &self,
         message: &ResultMessage,
@@ -209,7 +209,7 @@ impl Catalog {
     }
 }
 
-/// A message waiting for the writer task's next group commit.
+/// A message waiting for the writer thread's next group commit.
 pub(super) struct PendingMessage {
     pub message: ResultMessage,
     pub blob: MessageBlob,
@@ -218,8 +218,8 @@ pub(super) struct PendingMessage {
     pub reply: oneshot::Sender<Result<MessageOutcome, ArchiveError>>,
 }
 
-/// Record one message inside the writer's transaction, in one round trip
-/// to the connection's thread (two when a result corrects an earlier one).
+/// Record one message inside the writer's transaction: one script, and a
+/// statement per corrected result after it.
 pub(super) fn record_message_in_tx(
     tx: &WriteConn,
     pending: &PendingMessage,
@@ -259,10 +259,9 @@ pub(super) fn record_message_in_tx(
         ));
     }
     // A correction needs the ids of its patient and of its report's results
-    // (and one more query after the script); without one, the script is
-    // this write's last query and may commit the group. Every row returned
-    // is one more hand-over from the connection's thread, so only what is
-    // needed is returned.
+    // (and one more statement after the script); without one, the script is
+    // this write's last and may commit the group. Only the ids needed are
+    // returned.
     let corrects = message
         .patients
         .iter()
