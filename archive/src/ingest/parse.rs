@@ -283,11 +283,18 @@ pub fn parse_part10(
     }
 
     let pixel_planes = pixel_value.and_then(|v| {
+        // Colour samples stored pixel by pixel (Planar Configuration 0) are
+        // split into planes along with the bytes of each sample.
+        let interleaved_samples = match integer(&obj, tags::PLANAR_CONFIGURATION) {
+            Some(1) => 1,
+            _ => integer(&obj, tags::SAMPLES_PER_PIXEL).unwrap_or(1),
+        };
         // Offsets in `bytes`: the value's, after the preamble and `DICM`.
         PixelPlanes::for_value(
             start + 4 + v.start,
             v.len(),
             integer(&obj, tags::BITS_ALLOCATED),
+            interleaved_samples,
         )
     });
 
