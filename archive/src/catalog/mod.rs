@@ -176,9 +176,7 @@ impl PendingWrite {
     /// Write it inside the group's transaction (see [`GroupTx`]).
     fn write(&self, tx: &WriteConn, group: &mut GroupTx) -> Result<Written, ArchiveError> {
         Ok(match self {
-            PendingWrite::Instance(rec) => {
-                Written::Instance(record_in_tx(tx, rec, &mut group.begin)?)
-            }
+            PendingWrite::Instance(rec) => Written::Instance(record_in_tx(tx, rec, group)?),
             PendingWrite::Message(m) => {
                 Written::Message(results::record_message_in_tx(tx, m, group)?)
             }
@@ -541,19 +539,22 @@ impl Catalog {
 fn record_in_tx(
     tx: &WriteConn,
     rec: &PendingRecord,
-    begin: &mut bool,
+    group: &mut GroupTx,
 ) -> Result<RecordOutcome, ArchiveError> {
-    let mut check = Script::default();
-    check.push_raw(begin_first(begin));
-    let sop = check.bind(rec.attrs.sop_instance_uid.as_str());
-    check.push(&format!(
+    if let Some(begin) = group.open() {
+        tx.execute_batch(begin)?;
+    }
+    let mut existing: Option<(String, i64)> = None;
+    run_numbered(
+        tx,
         "SELECT i.sha256, b.stored_size FROM instances i JOIN blobs b ON b.sha256 = i.sha256 \
-         WHERE i.sop_instance_uid = {sop}"
-    ));
-    let existing: Option<(String, i64)> = check
-        .run(tx, |r| Ok((r.get(0)?, r.get(1)?)))?
-        .into_iter()
-        .next();
+         WHERE i.sop_instance_uid = $1",
+        &[&rec.attrs.sop_instance_uid],
+        |r| {
+            existing = Some((r.get(0)?, r.get(1)?));
+            Ok(())
+        },
+    )?;
     if let Some((sha, stored_size)) = &existing
         && (*sha == rec.blob.sha256 || !rec.replace)
     {
@@ -758,15 +759,6 @@ impl Script {
         };
         self.args.push(value);
         format!("${}", self.args.len())
-    }
-
-    /// Add a statement given with its terminating `;` (e.g. `BEGIN;\n`
-    /// from [`GroupTx::open`]); empty text adds nothing.
-    pub fn push_raw(&mut self, sql: &str) {
-        let sql = sql.trim().trim_end_matches(';');
-        if !sql.is_empty() {
-            self.statements.push(sql.to_owned());
-        }
     }
 
     pub fn push(&mut self, statement: &str) {
@@ -1085,13 +1077,11 @@ fn commit_group(
     batch: &[PendingWrite],
 ) -> Result<Vec<Result<Written, ArchiveError>>, WriterError> {
     // Fast path: the whole group in one transaction, opened by the first
-    // statement of the first write and, when it can, committed by the last
-    // statement of the last write.
+    // statement of the first write.
     let mut group = GroupTx::new();
     let mut outcomes = Vec::with_capacity(batch.len());
     let mut failed = false;
-    for (i, pending) in batch.iter().enumerate() {
-        group.may_commit = i + 1 == batch.len();
+    for pending in batch {
         match pending.write(conn, &mut group) {
             Ok(outcome) => outcomes.push(outcome),
             Err(e) => {
@@ -1110,7 +1100,6 @@ fn commit_group(
     let mut results = Vec::with_capacity(batch.len());
     for pending in batch {
         let mut group = GroupTx::new();
-        group.may_commit = true;
         match pending.write(conn, &mut group) {
             Ok(outcome) => {
                 finish(conn, &group, true)?;
@@ -1127,49 +1116,18 @@ fn commit_group(
 
 /// Where a group's transaction stands, threaded through its writes.
 pub(super) struct GroupTx {
-    /// Still to be opened: the first query of the group starts with `BEGIN`.
+    /// Still to be opened: the first statement of the group is `BEGIN`.
     begin: bool,
-    /// The current write is the group's last: its final query may end with
-    /// `COMMIT`.
-    may_commit: bool,
-    /// A query ending with `COMMIT` succeeded: the group is durable.
-    committed: bool,
 }
 
 impl GroupTx {
     fn new() -> Self {
-        GroupTx {
-            begin: true,
-            may_commit: false,
-            committed: false,
-        }
+        GroupTx { begin: true }
     }
 
-    /// `BEGIN` for the first query of the group, once.
-    pub(super) fn open(&mut self) -> &'static str {
-        begin_first(&mut self.begin)
-    }
-
-    /// `COMMIT` for the final query of a write, when that write is the
-    /// group's last; call [`GroupTx::committed`] once that query succeeded.
-    pub(super) fn close(&self) -> &'static str {
-        if self.may_commit { "COMMIT;\n" } else { "" }
-    }
-
-    /// The query that carried [`GroupTx::close`] succeeded.
-    pub(super) fn committed(&mut self) {
-        if self.may_commit {
-            self.committed = true;
-        }
-    }
-}
-
-/// `BEGIN` for the first query of a group's transaction, once.
-fn begin_first(begin: &mut bool) -> &'static str {
-    if std::mem::take(begin) {
-        "BEGIN;\n"
-    } else {
-        ""
+    /// `BEGIN` for the first write of the group, once.
+    pub(super) fn open(&mut self) -> Option<&'static str> {
+        std::mem::take(&mut self.begin).then_some("BEGIN")
     }
 }
 
@@ -1197,14 +1155,14 @@ impl From<WriterError> for ArchiveError {
     }
 }
 
-/// End the transaction a group opened (its first query ran) with `COMMIT`
-/// unless its last query did, or `ROLLBACK` when not `commit`. A failed
+/// End the transaction a group opened (its first statement ran) with
+/// `COMMIT`, or `ROLLBACK` when not `commit`. A failed
 /// `COMMIT` is rolled back. A failed rollback means the connection must be
 /// replaced (after a failure inside `BEGIN` itself, or after a write that
 /// committed and then failed a check, there is no transaction to roll back,
 /// which is fine).
 fn finish(conn: &WriteConn, group: &GroupTx, commit: bool) -> Result<(), WriterError> {
-    if group.begin || (commit && group.committed) {
+    if group.begin {
         return Ok(());
     }
     let committed = if commit {
@@ -1244,7 +1202,7 @@ mod tests {
         conn.execute_batch("CREATE TABLE t (id INTEGER PRIMARY KEY, a TEXT, b INTEGER, c TEXT)")
             .unwrap();
         let mut script = Script::default();
-        script.push_raw("BEGIN;\n");
+        script.push("BEGIN");
         let a = script.bind("first");
         let b = script.bind(42_i64);
         let c = script.bind(None::<String>);
@@ -1257,8 +1215,7 @@ mod tests {
             "INSERT INTO t (a, b, c) VALUES ({b}, {b}, {a}) RETURNING id"
         ));
         script.push(&format!("SELECT count(*) FROM t WHERE a = {a} OR c = {a}"));
-        script.push_raw(GroupTx::new().close());
-        script.push_raw("COMMIT;\n");
+        script.push("COMMIT");
         let rows = script.run(&conn, |r| r.get::<_, i64>(0)).unwrap();
         assert_eq!(rows, vec![1, 2, 2]);
         let stored: Vec<(Option<String>, i64, Option<String>)> = conn

@@ -8,8 +8,7 @@ use bytes::Bytes;
 use tokio::sync::oneshot;
 
 use super::{
-    Catalog, GroupTx, PatientRow, PendingWrite, Script, WriteConn, now_rfc3339, push_patient,
-    run_numbered,
+    Catalog, GroupTx, PatientRow, PendingWrite, WriteConn, now_rfc3339, query_one, run_numbered,
 };
 use crate::error::ArchiveError;
 use crate::model::patient_key;
@@ -218,8 +217,10 @@ pub(super) struct PendingMessage {
     pub reply: oneshot::Sender<Result<MessageOutcome, ArchiveError>>,
 }
 
-/// Record one message inside the writer's transaction: one script, and a
-/// statement per corrected result after it.
+/// Record one message inside the writer's transaction. Every statement
+/// has fixed text with its own `$n` (one prepared statement each, reused
+/// for every message and every result row); the writer runs them in its
+/// own thread, so a statement per row costs no hand-over.
 pub(super) fn record_message_in_tx(
     tx: &WriteConn,
     pending: &PendingMessage,
@@ -227,82 +228,33 @@ pub(super) fn record_message_in_tx(
 ) -> Result<MessageOutcome, ArchiveError> {
     let (message, blob) = (&pending.message, &pending.blob);
     let now = now_rfc3339();
-    let mut script = Script::default();
-    script.push_raw(group.open());
+    if let Some(begin) = group.open() {
+        tx.execute_batch(begin)?;
+    }
     // The message row first: a message already recorded under this sender
     // and control id fails its UNIQUE constraint there, before anything
-    // else of the script runs (SQLite undoes just that statement).
-    let now_param = script.bind(now.as_str());
-    let p = [
-        script.bind(message.format.name()),
-        script.bind(&message.message_type),
-        script.bind(&message.sender),
-        script.bind(&message.control_id),
-        script.bind(&blob.sha256),
-        script.bind(&blob.blob_key),
-        script.bind(blob.original_size as i64),
-        script.bind(blob.stored_size as i64),
-        now_param.clone(),
-        script.bind(pending.source.as_str()),
-    ]
-    .join(", ");
-    script.push(&format!(
+    // else is written (SQLite undoes just that statement).
+    let inserted = query_one::<i64>(
+        tx,
         "INSERT INTO messages (format, message_type, sender, control_id, sha256, blob_key, \
-         original_size, stored_size, received_at, source) VALUES ({p}) RETURNING id"
-    ));
-    if let Some(data) = &pending.outbox {
-        // Right after the message row: last_insert_rowid() is its id.
-        let data = script.bind(data.as_ref());
-        script.push(&format!(
-            "INSERT INTO message_outbox (message_id, data, created_at) \
-             VALUES (last_insert_rowid(), {data}, {now_param})"
-        ));
-    }
-    // A correction needs the ids of its patient and of its report's results
-    // (and one more statement after the script); without one, the script is
-    // this write's last and may commit the group. Only the ids needed are
-    // returned.
-    let corrects = message
-        .patients
-        .iter()
-        .flat_map(|g| &g.reports)
-        .any(corrects_a_result);
-    // Each patient (inserted if new), then its reports with their results
-    // and change-feed entries. Rows: the message id, then per patient its
-    // id (if `corrects`) and per report the report id, each result's id (if
-    // the report corrects one) and the change's seq.
-    for group in &message.patients {
-        let patient = &group.patient;
-        let row = PatientRow {
-            key: patient_key(
-                Some(&patient.id),
-                patient.issuer.as_deref(),
-                patient.name.as_deref(),
-                patient.birth_date.as_deref(),
-            ),
-            id: Some(&patient.id),
-            issuer: patient.issuer.as_deref(),
-            name: patient.name.as_deref(),
-            birth_date: patient.birth_date.as_deref(),
-            sex: patient.sex.as_deref(),
-        };
-        let (key, patient_id) =
-            push_patient(&mut script, row, &now_param, corrects.then_some("id"));
-        let patient_pk = format!("(SELECT id FROM patients WHERE patient_key = {key})");
-        for r in &group.reports {
-            push_report(&mut script, r, &patient_pk, &patient_id, &now_param);
-        }
-    }
-    if !corrects {
-        script.push_raw(group.close());
-    }
-    let returned = match script.run(tx, |r| r.get::<_, i64>(0)) {
-        Ok(rows) => {
-            if !corrects {
-                group.committed();
-            }
-            rows
-        }
+         original_size, stored_size, received_at, source) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING id",
+        &[
+            &message.format.name(),
+            &message.message_type,
+            &message.sender,
+            &message.control_id,
+            &blob.sha256,
+            &blob.blob_key,
+            &(blob.original_size as i64),
+            &(blob.stored_size as i64),
+            &now,
+            &pending.source,
+        ],
+        "a new message",
+    );
+    let message_id = match inserted {
+        Ok(id) => id,
         Err(ArchiveError::CatalogWriter(rusqlite::Error::SqliteFailure(e, Some(m))))
             if e.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE
                 && m.contains("messages.") =>
@@ -327,45 +279,38 @@ pub(super) fn record_message_in_tx(
         }
         Err(e) => return Err(e),
     };
-    let result_ids = |r: &ResultReport| {
-        if corrects_a_result(r) {
-            r.observations.len()
-        } else {
-            0
-        }
-    };
-    let expected = 1 + message
-        .patients
-        .iter()
-        .map(|g| usize::from(corrects) + g.reports.iter().map(|r| 2 + result_ids(r)).sum::<usize>())
-        .sum::<usize>();
-    if returned.len() != expected {
-        return Err(ArchiveError::CatalogWrite(format!(
-            "recording message {} returned {} ids, expected {expected}",
-            message.control_id,
-            returned.len()
-        )));
+    if let Some(data) = &pending.outbox {
+        run_numbered(
+            tx,
+            "INSERT INTO message_outbox (message_id, data, created_at) VALUES ($1, $2, $3)",
+            &[&message_id, &data.as_ref(), &now],
+            |_| Ok(()),
+        )?;
     }
-    let message_id = returned[0];
-    let mut rows = returned[1..].iter().copied();
-    let mut next = || rows.next().expect("counted above");
+    // Each patient (inserted if new), then its reports with their results
+    // and change-feed entries.
     let mut reports = Vec::new();
     let mut newest = 0;
     for group in &message.patients {
-        let patient_pk = if corrects { next() } else { 0 };
+        let patient = &group.patient;
+        let row = PatientRow {
+            key: patient_key(
+                Some(&patient.id),
+                patient.issuer.as_deref(),
+                patient.name.as_deref(),
+                patient.birth_date.as_deref(),
+            ),
+            id: Some(&patient.id),
+            issuer: patient.issuer.as_deref(),
+            name: patient.name.as_deref(),
+            birth_date: patient.birth_date.as_deref(),
+            sex: patient.sex.as_deref(),
+        };
+        let patient_pk = record_patient(tx, &row, &now)?;
         for r in &group.reports {
-            let report_id = next();
-            // Row ids are given in VALUES order (one writer, max + 1 each);
-            // RETURNING itself promises no order within a statement.
-            let mut ids: Vec<i64> = (0..result_ids(r)).map(|_| next()).collect();
-            for chunk in ids.chunks_mut(OBSERVATIONS_PER_INSERT) {
-                chunk.sort_unstable();
-            }
-            newest = newest.max(next());
+            let (report_id, seq) = record_report(tx, r, message_id, patient_pk, &patient.id, &now)?;
             reports.push(report_id);
-            if !ids.is_empty() {
-                supersede_corrected(tx, r, report_id, patient_pk, &ids)?;
-            }
+            newest = newest.max(seq);
         }
     }
     Ok(MessageOutcome::Recorded {
@@ -373,6 +318,119 @@ pub(super) fn record_message_in_tx(
         reports,
         seq: newest,
     })
+}
+
+/// Insert a patient if new; its id, new or not. (An upsert with a no-op
+/// update, to get RETURNING for an existing row, would rewrite that row
+/// and its key's index entry: pages the commit then has to write.)
+fn record_patient(tx: &WriteConn, p: &PatientRow<'_>, now: &str) -> Result<i64, ArchiveError> {
+    run_numbered(
+        tx,
+        "INSERT INTO patients (patient_key, patient_id, issuer_of_patient_id, patient_name, \
+         birth_date, sex, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7) \
+         ON CONFLICT (patient_key) DO NOTHING",
+        &[
+            &p.key,
+            &p.id,
+            &p.issuer,
+            &p.name,
+            &p.birth_date,
+            &p.sex,
+            &now,
+        ],
+        |_| Ok(()),
+    )?;
+    query_one(
+        tx,
+        "SELECT id FROM patients WHERE patient_key = $1",
+        &[&p.key],
+        "a patient",
+    )
+}
+
+/// Record one report of a message: the report (filed under its study, or
+/// else under the patient's study with its accession number: only a study
+/// of the same Patient ID, so a report is never filed under another
+/// patient's images even when the two systems spell the assigning
+/// authority differently), its results (a corrected result marks the one
+/// it corrects) and its change-feed entry. Returns the report id and the
+/// change's seq.
+fn record_report(
+    tx: &WriteConn,
+    r: &ResultReport,
+    message_id: i64,
+    patient_pk: i64,
+    patient_id: &str,
+    now: &str,
+) -> Result<(i64, i64), ArchiveError> {
+    let report_id: i64 = query_one(
+        tx,
+        "INSERT INTO reports (message_id, patient_pk, placer_number, filler_number, \
+         accession_number, service_code, service_display, service_system, observed_at, \
+         status, report_text, study_instance_uid, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, \
+         COALESCE($12, (SELECT st.study_instance_uid FROM studies st \
+         JOIN patients sp ON sp.id = st.patient_pk \
+         WHERE st.accession_number = $5 AND sp.patient_id = $13 \
+         ORDER BY st.study_date DESC LIMIT 1)), $14) RETURNING id",
+        &[
+            &message_id,
+            &patient_pk,
+            &r.placer_number,
+            &r.filler_number,
+            &r.accession_number,
+            &r.service.code,
+            &r.service.display,
+            &r.service.system,
+            &r.observed_at,
+            &r.status,
+            &r.report_text,
+            &r.study_instance_uid,
+            &patient_id,
+            &now,
+        ],
+        "a new report",
+    )?;
+    for o in &r.observations {
+        let id: i64 = query_one(
+            tx,
+            "INSERT INTO observations (report_id, patient_pk, code, code_display, code_system, \
+             value_type, value, numeric_value, units, reference_range, abnormal_flags, status, \
+             observed_at, notes, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) \
+             RETURNING id",
+            &[
+                &report_id,
+                &patient_pk,
+                &o.code.code,
+                &o.code.display,
+                &o.code.system,
+                &o.value_type,
+                &o.value,
+                &o.numeric_value,
+                &o.units,
+                &o.reference_range,
+                &joined(&o.abnormal_flags),
+                &o.status,
+                &o.observed_at,
+                &joined(&o.notes),
+                &now,
+            ],
+            "a new result",
+        )?;
+        if o.is_correction() {
+            supersede_corrected(tx, r, o, id, report_id, patient_pk)?;
+        }
+    }
+    let seq = query_one(
+        tx,
+        "INSERT INTO changes (kind, report_id, study_instance_uid, recorded_at) \
+         VALUES ('report-stored', $1, (SELECT study_instance_uid FROM reports WHERE id = $1), $2) \
+         RETURNING seq",
+        &[&report_id, &now],
+        "the seq of a change",
+    )?;
+    Ok((report_id, seq))
 }
 
 /// Where a message's raw bytes (zstd-compressed) are.
@@ -471,135 +529,36 @@ pub(super) fn stored_observation(r: &SqliteRow) -> Result<StoredObservation, Arc
     })
 }
 
-/// Results per multi-row insert.
-const OBSERVATIONS_PER_INSERT: usize = 500;
-
-/// Add one report of a message to `script`: the report (filed under its
-/// study, or else under the patient's study with its accession number:
-/// only a study of the same Patient ID, so a report is never filed under
-/// another patient's images even when the two systems spell the assigning
-/// authority differently), its results (one multi-row insert per 500) and
-/// its change-feed entry. Within the writer's transaction the new report
-/// has the largest id. Returns, in order: the report id, each result's id
-/// (only if the report corrects a result), the change's seq.
-fn push_report(
-    script: &mut Script,
-    r: &ResultReport,
-    patient_pk: &str,
-    patient_id: &str,
-    now: &str,
-) {
-    const NEW_REPORT: &str = "(SELECT max(id) FROM reports)";
-    let accession = script.bind(&r.accession_number);
-    let p = [
-        "(SELECT max(id) FROM messages)".to_owned(),
-        patient_pk.to_owned(),
-        script.bind(&r.placer_number),
-        script.bind(&r.filler_number),
-        accession.clone(),
-        script.bind(&r.service.code),
-        script.bind(&r.service.display),
-        script.bind(&r.service.system),
-        script.bind(&r.observed_at),
-        script.bind(&r.status),
-        script.bind(&r.report_text),
-    ]
-    .join(", ");
-    let study = script.bind(&r.study_instance_uid);
-    script.push(&format!(
-        "INSERT INTO reports (message_id, patient_pk, placer_number, filler_number, \
-         accession_number, service_code, service_display, service_system, observed_at, \
-         status, report_text, study_instance_uid, created_at) \
-         VALUES ({p}, COALESCE({study}, (SELECT st.study_instance_uid FROM studies st \
-         JOIN patients sp ON sp.id = st.patient_pk \
-         WHERE st.accession_number = {accession} AND sp.patient_id = {patient_id} \
-         ORDER BY st.study_date DESC LIMIT 1)), {now}) RETURNING id"
-    ));
-    for chunk in r.observations.chunks(OBSERVATIONS_PER_INSERT) {
-        let rows: Vec<String> = chunk
-            .iter()
-            .map(|o| {
-                let values = [
-                    NEW_REPORT.to_owned(),
-                    patient_pk.to_owned(),
-                    script.bind(&o.code.code),
-                    script.bind(&o.code.display),
-                    script.bind(&o.code.system),
-                    script.bind(&o.value_type),
-                    script.bind(&o.value),
-                    script.bind(o.numeric_value),
-                    script.bind(&o.units),
-                    script.bind(&o.reference_range),
-                    script.bind(joined(&o.abnormal_flags)),
-                    script.bind(&o.status),
-                    script.bind(&o.observed_at),
-                    script.bind(joined(&o.notes)),
-                    now.to_owned(),
-                ];
-                format!("({})", values.join(", "))
-            })
-            .collect();
-        script.push(&format!(
-            "INSERT INTO observations (report_id, patient_pk, code, code_display, code_system, \
-             value_type, value, numeric_value, units, reference_range, abnormal_flags, status, \
-             observed_at, notes, created_at) VALUES {}{}",
-            rows.join(", "),
-            if corrects_a_result(r) {
-                " RETURNING id"
-            } else {
-                ""
-            }
-        ));
-    }
-    let kind = script.bind("report-stored");
-    script.push(&format!(
-        "INSERT INTO changes (kind, report_id, study_instance_uid, recorded_at) \
-         VALUES ({kind}, {NEW_REPORT}, \
-         (SELECT study_instance_uid FROM reports WHERE id = {NEW_REPORT}), {now}) \
-         RETURNING seq"
-    ));
-}
-
-/// Whether a report holds a corrected result (HL7 OBX-11 `C`).
-fn corrects_a_result(r: &ResultReport) -> bool {
-    r.observations.iter().any(ResultObservation::is_correction)
-}
-
 /// A corrected result (status C) marks the latest earlier result of the
 /// same test in the same order (by filler, placer or accession number) as
-/// superseded by it: history, not an overwrite. `ids` are the report's
-/// new result ids in order.
+/// superseded by it (`id`): history, not an overwrite.
 fn supersede_corrected(
     tx: &WriteConn,
     r: &ResultReport,
+    o: &ResultObservation,
+    id: i64,
     report_id: i64,
     patient_pk: i64,
-    ids: &[i64],
 ) -> Result<(), ArchiveError> {
-    for (o, &id) in r.observations.iter().zip(ids) {
-        if o.is_correction() {
-            run_numbered(
-                tx,
-                "UPDATE observations SET superseded_by = $1 WHERE id = (\
-                 SELECT o.id FROM observations o JOIN reports r ON r.id = o.report_id \
-                 WHERE o.patient_pk = $2 AND o.code IS $3 AND o.id <> $1 AND o.superseded_by IS NULL \
-                 AND o.report_id <> $7 \
-                 AND ((r.filler_number IS NOT NULL AND r.filler_number = $4) \
-                   OR (r.placer_number IS NOT NULL AND r.placer_number = $5) \
-                   OR (r.accession_number IS NOT NULL AND r.accession_number = $6)) \
-                 ORDER BY o.id DESC LIMIT 1)",
-                &[
-                    &id,
-                    &patient_pk,
-                    &o.code.code,
-                    &r.filler_number,
-                    &r.placer_number,
-                    &r.accession_number,
-                    &report_id,
-                ],
-                |_| Ok(()),
-            )?;
-        }
-    }
-    Ok(())
+    run_numbered(
+        tx,
+        "UPDATE observations SET superseded_by = $1 WHERE id = (\
+         SELECT o.id FROM observations o JOIN reports r ON r.id = o.report_id \
+         WHERE o.patient_pk = $2 AND o.code IS $3 AND o.id <> $1 AND o.superseded_by IS NULL \
+         AND o.report_id <> $7 \
+         AND ((r.filler_number IS NOT NULL AND r.filler_number = $4) \
+           OR (r.placer_number IS NOT NULL AND r.placer_number = $5) \
+           OR (r.accession_number IS NOT NULL AND r.accession_number = $6)) \
+         ORDER BY o.id DESC LIMIT 1)",
+        &[
+            &id,
+            &patient_pk,
+            &o.code.code,
+            &r.filler_number,
+            &r.placer_number,
+            &r.accession_number,
+            &report_id,
+        ],
+        |_| Ok(()),
+    )
 }
