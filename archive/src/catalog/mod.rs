@@ -16,7 +16,6 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rusqlite::types::{ToSqlOutput, Value};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
@@ -570,114 +569,105 @@ fn record_in_tx(
     } else {
         "instance-stored"
     };
-    // One script: patient (inserted if new, then its id selected),
-    // study and series if new, blob if new, the instance (one upsert:
-    // reached only for a new instance or an allowed replacement) and its
-    // change-feed entry. Rows are tagged, since a conflicting insert returns
-    // none.
-    let mut script = Script::default();
-    let now_param = script.bind(now.as_str());
-    let (key, _) = push_patient(
-        &mut script,
-        PatientRow::from(a),
-        &now_param,
-        Some("'patient', id"),
-    );
-    let study = script.bind(&a.study_instance_uid);
-    let p = [
-        study.clone(),
-        format!("(SELECT id FROM patients WHERE patient_key = {key})"),
-        script.bind(&a.study_date),
-        script.bind(&a.study_time),
-        script.bind(&a.accession_number),
-        script.bind(&a.study_id),
-        script.bind(&a.study_description),
-        script.bind(&a.referring_physician_name),
-        now_param.clone(),
-    ]
-    .join(", ");
-    script.push(&format!(
-        "INSERT INTO studies (study_instance_uid, patient_pk, study_date, study_time, accession_number, \
-         study_id, study_description, referring_physician_name, created_at) VALUES ({p}) \
-         ON CONFLICT (study_instance_uid) DO NOTHING RETURNING 'study', 0"
-    ));
-    let series = script.bind(&a.series_instance_uid);
-    let p = [
-        series.clone(),
-        study.clone(),
-        script.bind(&a.modality),
-        script.bind(a.series_number),
-        script.bind(&a.series_description),
-        script.bind(&a.body_part_examined),
-        script.bind(&a.series_date),
-        now_param.clone(),
-    ]
-    .join(", ");
-    script.push(&format!(
+    // Patient (inserted if new, then its id), study and series if new, blob
+    // if new, the instance (one upsert: reached only for a new instance or
+    // an allowed replacement) and its change-feed entry.
+    let patient_pk = record_patient(tx, &PatientRow::from(a), &now)?;
+    let new_study = !query_numbered::<i64>(
+        tx,
+        "INSERT INTO studies (study_instance_uid, patient_pk, study_date, study_time, \
+         accession_number, study_id, study_description, referring_physician_name, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+         ON CONFLICT (study_instance_uid) DO NOTHING RETURNING 1",
+        &[
+            &a.study_instance_uid,
+            &patient_pk,
+            &a.study_date,
+            &a.study_time,
+            &a.accession_number,
+            &a.study_id,
+            &a.study_description,
+            &a.referring_physician_name,
+            &now,
+        ],
+    )?
+    .is_empty();
+    run_numbered(
+        tx,
         "INSERT INTO series (series_instance_uid, study_instance_uid, modality, series_number, \
-         series_description, body_part_examined, series_date, created_at) VALUES ({p}) \
-         ON CONFLICT (series_instance_uid) DO NOTHING"
-    ));
-    let sha = script.bind(&rec.blob.sha256);
-    let p = [
-        sha.clone(),
-        script.bind(&rec.blob.blob_key),
-        script.bind(rec.blob.compression),
-        script.bind(rec.blob.original_size as i64),
-        script.bind(rec.blob.stored_size as i64),
-        now_param.clone(),
-    ]
-    .join(", ");
-    script.push(&format!(
+         series_description, body_part_examined, series_date, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (series_instance_uid) DO NOTHING",
+        &[
+            &a.series_instance_uid,
+            &a.study_instance_uid,
+            &a.modality,
+            &a.series_number,
+            &a.series_description,
+            &a.body_part_examined,
+            &a.series_date,
+            &now,
+        ],
+        |_| Ok(()),
+    )?;
+    let blob_inserted = !query_numbered::<i64>(
+        tx,
         "INSERT INTO blobs (sha256, blob_key, compression, original_size, stored_size, created_at) \
-         VALUES ({p}) ON CONFLICT (sha256) DO NOTHING RETURNING 'blob', 0"
-    ));
-    let sop = script.bind(&a.sop_instance_uid);
-    let p = [
-        sop.clone(),
-        series.clone(),
-        study.clone(),
-        script.bind(&a.sop_class_uid),
-        script.bind(a.instance_number),
-        script.bind(&a.content_date),
-        script.bind(a.rows),
-        script.bind(a.columns),
-        script.bind(a.number_of_frames),
-        script.bind(&a.transfer_syntax_uid),
-        script.bind(&a.specific_character_set),
-        sha,
-        now_param.clone(),
-        script.bind(rec.source.as_str()),
-        script.bind(rec.metadata_json.as_str()),
-    ]
-    .join(", ");
-    script.push(&format!(
-        "INSERT INTO instances (sop_instance_uid, series_instance_uid, study_instance_uid, sop_class_uid, \
-         instance_number, content_date, num_rows, num_columns, number_of_frames, transfer_syntax_uid, \
-         specific_character_set, sha256, received_at, source, metadata) VALUES ({p}) \
+         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (sha256) DO NOTHING RETURNING 1",
+        &[
+            &rec.blob.sha256,
+            &rec.blob.blob_key,
+            &rec.blob.compression,
+            &(rec.blob.original_size as i64),
+            &(rec.blob.stored_size as i64),
+            &now,
+        ],
+    )?
+    .is_empty();
+    run_numbered(
+        tx,
+        "INSERT INTO instances (sop_instance_uid, series_instance_uid, study_instance_uid, \
+         sop_class_uid, instance_number, content_date, num_rows, num_columns, number_of_frames, \
+         transfer_syntax_uid, specific_character_set, sha256, received_at, source, metadata) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) \
          ON CONFLICT (sop_instance_uid) DO UPDATE SET series_instance_uid = excluded.series_instance_uid, \
          study_instance_uid = excluded.study_instance_uid, sop_class_uid = excluded.sop_class_uid, \
          instance_number = excluded.instance_number, content_date = excluded.content_date, \
          num_rows = excluded.num_rows, num_columns = excluded.num_columns, \
          number_of_frames = excluded.number_of_frames, transfer_syntax_uid = excluded.transfer_syntax_uid, \
          specific_character_set = excluded.specific_character_set, sha256 = excluded.sha256, \
-         received_at = excluded.received_at, source = excluded.source, metadata = excluded.metadata"
-    ));
-    let kind = script.bind(kind);
-    script.push(&format!(
-        "INSERT INTO changes (kind, sop_instance_uid, series_instance_uid, study_instance_uid, recorded_at) \
-         VALUES ({kind}, {sop}, {series}, {study}, {now_param}) RETURNING 'seq', seq"
-    ));
-    let rows: Vec<(String, i64)> = script.run(tx, |r| Ok((r.get(0)?, r.get(1)?)))?;
-    let tagged = |tag: &str| rows.iter().find(|(t, _)| t == tag).map(|(_, v)| *v);
-    let (Some(patient_pk), Some(mut seq)) = (tagged("patient"), tagged("seq")) else {
-        return Err(ArchiveError::CatalogWrite(format!(
-            "recording instance {} returned no patient or change",
-            a.sop_instance_uid
-        )));
-    };
-    let new_study = tagged("study").is_some();
-    let blob_inserted = tagged("blob").is_some();
+         received_at = excluded.received_at, source = excluded.source, metadata = excluded.metadata",
+        &[
+            &a.sop_instance_uid,
+            &a.series_instance_uid,
+            &a.study_instance_uid,
+            &a.sop_class_uid,
+            &a.instance_number,
+            &a.content_date,
+            &a.rows,
+            &a.columns,
+            &a.number_of_frames,
+            &a.transfer_syntax_uid,
+            &a.specific_character_set,
+            &rec.blob.sha256,
+            &now,
+            &rec.source,
+            &rec.metadata_json,
+        ],
+        |_| Ok(()),
+    )?;
+    let mut seq: i64 = query_one(
+        tx,
+        "INSERT INTO changes (kind, sop_instance_uid, series_instance_uid, study_instance_uid, \
+         recorded_at) VALUES ($1, $2, $3, $4, $5) RETURNING seq",
+        &[
+            &kind,
+            &a.sop_instance_uid,
+            &a.series_instance_uid,
+            &a.study_instance_uid,
+            &now,
+        ],
+        "the seq of a change",
+    )?;
     // A report that arrived before its images is linked when they come.
     if new_study && let (Some(accession), Some(patient_id)) = (&a.accession_number, &a.patient_id) {
         let linked: Vec<i64> = query_numbered(
@@ -728,68 +718,6 @@ fn record_in_tx(
         stored_size: stored_size as u64,
         replaced: existing.is_some(),
     })
-}
-
-/// Several SQL statements run in order on the writer's connection, binding
-/// `$n` from one shared argument list; [`Script::run`] returns the rows of
-/// every `RETURNING` or `SELECT` in order. Each statement is prepared once
-/// and cached by its text.
-#[derive(Default)]
-pub(crate) struct Script {
-    statements: Vec<String>,
-    args: Vec<Value>,
-    error: Option<String>,
-}
-
-impl Script {
-    /// Add a value to the arguments; its placeholder (`$n`), to use in any
-    /// later statement, as often as needed.
-    pub fn bind<T: rusqlite::ToSql>(&mut self, value: T) -> String {
-        let value = match value.to_sql() {
-            Ok(ToSqlOutput::Borrowed(v)) => v.into(),
-            Ok(ToSqlOutput::Owned(v)) => v,
-            Ok(_) => {
-                self.error.get_or_insert_with(|| "unsupported value".into());
-                Value::Null
-            }
-            Err(e) => {
-                self.error.get_or_insert_with(|| e.to_string());
-                Value::Null
-            }
-        };
-        self.args.push(value);
-        format!("${}", self.args.len())
-    }
-
-    pub fn push(&mut self, statement: &str) {
-        self.statements.push(statement.to_owned());
-    }
-
-    /// Run the statements in order; `row` reads each row they return.
-    pub fn run<T>(
-        self,
-        conn: &WriteConn,
-        mut row: impl FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
-    ) -> Result<Vec<T>, ArchiveError> {
-        if let Some(e) = self.error {
-            return Err(ArchiveError::CatalogWrite(format!(
-                "cannot bind a value: {e}"
-            )));
-        }
-        let args: Vec<&dyn rusqlite::ToSql> = self
-            .args
-            .iter()
-            .map(|v| v as &dyn rusqlite::ToSql)
-            .collect();
-        let mut out = Vec::new();
-        for sql in &self.statements {
-            run_numbered(conn, sql, &args, |r| {
-                out.push(row(r)?);
-                Ok(())
-            })?;
-        }
-        Ok(out)
-    }
 }
 
 /// Run one statement whose `$n` placeholders are `args[n - 1]`; `row`
@@ -883,40 +811,36 @@ pub(crate) fn query_numbered<T: rusqlite::types::FromSql>(
     Ok(out)
 }
 
-/// Add the insert of a patient (if new) to `script`, then, if `returning`
-/// is given, a select that gives it for the row, new or not; returns the
-/// placeholders of its key and of its Patient ID.
-pub(crate) fn push_patient(
-    script: &mut Script,
-    patient: PatientRow<'_>,
+/// Insert a patient if new; its id, new or not. (An upsert with a no-op
+/// update, to get RETURNING for an existing row, would rewrite that row
+/// and its key's index entry: pages the commit then has to write.)
+pub(crate) fn record_patient(
+    tx: &WriteConn,
+    p: &PatientRow<'_>,
     now: &str,
-    returning: Option<&str>,
-) -> (String, String) {
-    let key = script.bind(patient.key);
-    let id = script.bind(patient.id);
-    let p = [
-        key.clone(),
-        id.clone(),
-        script.bind(patient.issuer),
-        script.bind(patient.name),
-        script.bind(patient.birth_date),
-        script.bind(patient.sex),
-        now.to_owned(),
-    ]
-    .join(", ");
-    // Then read it: an upsert whose no-op update made RETURNING give the id
-    // of an existing row rewrote that row and its key's index entry, pages
-    // that the commit then had to write.
-    script.push(&format!(
+) -> Result<i64, ArchiveError> {
+    run_numbered(
+        tx,
         "INSERT INTO patients (patient_key, patient_id, issuer_of_patient_id, patient_name, \
-         birth_date, sex, created_at) VALUES ({p}) ON CONFLICT (patient_key) DO NOTHING"
-    ));
-    if let Some(returning) = returning {
-        script.push(&format!(
-            "SELECT {returning} FROM patients WHERE patient_key = {key}"
-        ));
-    }
-    (key, id)
+         birth_date, sex, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7) \
+         ON CONFLICT (patient_key) DO NOTHING",
+        &[
+            &p.key,
+            &p.id,
+            &p.issuer,
+            &p.name,
+            &p.birth_date,
+            &p.sex,
+            &now,
+        ],
+        |_| Ok(()),
+    )?;
+    query_one(
+        tx,
+        "SELECT id FROM patients WHERE patient_key = $1",
+        &[&p.key],
+        "a patient",
+    )
 }
 
 /// Append a report's entry to the change feed; its seq.
@@ -969,12 +893,13 @@ fn notify_committed(committed_seq: &watch::Sender<i64>, newest: i64) {
     });
 }
 
-/// Pages of the writer's page cache (negative: KiB), and of each reader's.
+/// Page cache of the writer and of each reader (`cache_size`; negative:
+/// KiB).
 const WRITE_CACHE_KIB: &str = "-32768";
 const READ_CACHE_KIB: &str = "-16384";
-/// Prepared statements kept by the writer (a message's statements differ
-/// by their placeholder numbers, so shapes add up).
-const WRITE_STATEMENT_CACHE: usize = 512;
+/// Prepared statements kept by the writer: every statement it runs has
+/// fixed text, a few dozen in all.
+const WRITE_STATEMENT_CACHE: usize = 128;
 
 /// Open the writer's connection: WAL, `synchronous=FULL` (a commit is
 /// durable when it returns), foreign keys, and a long busy timeout for the
@@ -1197,27 +1122,36 @@ mod tests {
     }
 
     #[test]
-    fn a_script_binds_each_placeholder_to_its_own_value() {
+    fn each_placeholder_is_bound_to_its_own_value() {
         let conn = WriteConn::open_in_memory().unwrap();
         conn.execute_batch("CREATE TABLE t (id INTEGER PRIMARY KEY, a TEXT, b INTEGER, c TEXT)")
             .unwrap();
-        let mut script = Script::default();
-        script.push("BEGIN");
-        let a = script.bind("first");
-        let b = script.bind(42_i64);
-        let c = script.bind(None::<String>);
-        // Used out of order and twice: SQLite would number them 1, 2, 3 by
+        let (a, b, c) = ("first", 42_i64, None::<String>);
+        let args: [&dyn rusqlite::ToSql; 3] = [&a, &b, &c];
+        // Used out of order and twice: SQLite numbers them 1, 2, 3 by
         // appearance.
-        script.push(&format!(
-            "INSERT INTO t (c, b, a) VALUES ({c}, {b}, {a}) RETURNING id"
-        ));
-        script.push(&format!(
-            "INSERT INTO t (a, b, c) VALUES ({b}, {b}, {a}) RETURNING id"
-        ));
-        script.push(&format!("SELECT count(*) FROM t WHERE a = {a} OR c = {a}"));
-        script.push("COMMIT");
-        let rows = script.run(&conn, |r| r.get::<_, i64>(0)).unwrap();
-        assert_eq!(rows, vec![1, 2, 2]);
+        let ids: Vec<i64> = query_numbered(
+            &conn,
+            "INSERT INTO t (c, b, a) VALUES ($3, $2, $1) RETURNING id",
+            &args,
+        )
+        .unwrap();
+        assert_eq!(ids, vec![1]);
+        run_numbered(
+            &conn,
+            "INSERT INTO t (a, b, c) VALUES ($2, $2, $1)",
+            &args,
+            |_| Ok(()),
+        )
+        .unwrap();
+        let n: i64 = query_one(
+            &conn,
+            "SELECT count(*) FROM t WHERE a = $1 OR c = $1",
+            &args,
+            "the count",
+        )
+        .unwrap();
+        assert_eq!(n, 2);
         let stored: Vec<(Option<String>, i64, Option<String>)> = conn
             .prepare("SELECT a, b, c FROM t ORDER BY id")
             .unwrap()

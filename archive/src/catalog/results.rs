@@ -8,7 +8,8 @@ use bytes::Bytes;
 use tokio::sync::oneshot;
 
 use super::{
-    Catalog, GroupTx, PatientRow, PendingWrite, WriteConn, now_rfc3339, query_one, run_numbered,
+    Catalog, GroupTx, PatientRow, PendingWrite, WriteConn, now_rfc3339, query_one, record_patient,
+    run_numbered,
 };
 use crate::error::ArchiveError;
 use crate::model::patient_key;
@@ -318,34 +319,6 @@ pub(super) fn record_message_in_tx(
         reports,
         seq: newest,
     })
-}
-
-/// Insert a patient if new; its id, new or not. (An upsert with a no-op
-/// update, to get RETURNING for an existing row, would rewrite that row
-/// and its key's index entry: pages the commit then has to write.)
-fn record_patient(tx: &WriteConn, p: &PatientRow<'_>, now: &str) -> Result<i64, ArchiveError> {
-    run_numbered(
-        tx,
-        "INSERT INTO patients (patient_key, patient_id, issuer_of_patient_id, patient_name, \
-         birth_date, sex, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7) \
-         ON CONFLICT (patient_key) DO NOTHING",
-        &[
-            &p.key,
-            &p.id,
-            &p.issuer,
-            &p.name,
-            &p.birth_date,
-            &p.sex,
-            &now,
-        ],
-        |_| Ok(()),
-    )?;
-    query_one(
-        tx,
-        "SELECT id FROM patients WHERE patient_key = $1",
-        &[&p.key],
-        "a patient",
-    )
 }
 
 /// Record one report of a message: the report (filed under its study, or
