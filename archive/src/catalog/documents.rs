@@ -4,7 +4,9 @@
 //! `reports` row with the extracted text, written in the transaction that
 //! records the instance, so an acknowledged SR always has its report.
 
-use super::{BlobRecord, WriteConn, append_report_change, query_numbered, query_one};
+use super::{
+    BlobRecord, WriteConn, append_report_change, execute_numbered, query_numbered, query_one,
+};
 use crate::error::ArchiveError;
 use crate::ingest::ReportDocument;
 use crate::model::InstanceAttributes;
@@ -43,7 +45,7 @@ pub(crate) fn record_document(
     .copied();
     let Some(doc) = doc else {
         if let Some(report_id) = report_id {
-            query_numbered::<i64>(
+            execute_numbered(
                 tx,
                 "UPDATE reports SET report_text = NULL WHERE id = $1",
                 &[&report_id],

@@ -592,7 +592,7 @@ fn record_in_tx(
         ],
     )?
     .is_empty();
-    run_numbered(
+    execute_numbered(
         tx,
         "INSERT INTO series (series_instance_uid, study_instance_uid, modality, series_number, \
          series_description, body_part_examined, series_date, created_at) \
@@ -607,7 +607,6 @@ fn record_in_tx(
             &a.series_date,
             &now,
         ],
-        |_| Ok(()),
     )?;
     let blob_inserted = !query_numbered::<i64>(
         tx,
@@ -623,7 +622,7 @@ fn record_in_tx(
         ],
     )?
     .is_empty();
-    run_numbered(
+    execute_numbered(
         tx,
         "INSERT INTO instances (sop_instance_uid, series_instance_uid, study_instance_uid, \
          sop_class_uid, instance_number, content_date, num_rows, num_columns, number_of_frames, \
@@ -653,7 +652,6 @@ fn record_in_tx(
             &rec.source,
             &rec.metadata_json,
         ],
-        |_| Ok(()),
     )?;
     let mut seq: i64 = query_one(
         tx,
@@ -783,6 +781,17 @@ fn placeholder_numbers(sql: &str) -> Vec<usize> {
     numbers
 }
 
+/// [`run_numbered`] for a statement whose rows (if any) are not wanted;
+/// the number of rows it changed.
+pub(crate) fn execute_numbered(
+    conn: &WriteConn,
+    sql: &str,
+    args: &[&dyn rusqlite::ToSql],
+) -> Result<u64, ArchiveError> {
+    run_numbered(conn, sql, args, |_| Ok(()))?;
+    Ok(conn.changes())
+}
+
 /// [`run_numbered`] for the first column of the one row it must return
 /// (`what` names it in the error otherwise).
 pub(crate) fn query_one<T: rusqlite::types::FromSql>(
@@ -819,7 +828,7 @@ pub(crate) fn record_patient(
     p: &PatientRow<'_>,
     now: &str,
 ) -> Result<i64, ArchiveError> {
-    run_numbered(
+    execute_numbered(
         tx,
         "INSERT INTO patients (patient_key, patient_id, issuer_of_patient_id, patient_name, \
          birth_date, sex, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7) \
@@ -833,7 +842,6 @@ pub(crate) fn record_patient(
             &p.sex,
             &now,
         ],
-        |_| Ok(()),
     )?;
     query_one(
         tx,
@@ -1137,13 +1145,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(ids, vec![1]);
-        run_numbered(
-            &conn,
-            "INSERT INTO t (a, b, c) VALUES ($2, $2, $1)",
-            &args,
-            |_| Ok(()),
-        )
-        .unwrap();
+        execute_numbered(&conn, "INSERT INTO t (a, b, c) VALUES ($2, $2, $1)", &args).unwrap();
         let n: i64 = query_one(
             &conn,
             "SELECT count(*) FROM t WHERE a = $1 OR c = $1",

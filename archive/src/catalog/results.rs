@@ -8,8 +8,8 @@ use bytes::Bytes;
 use tokio::sync::oneshot;
 
 use super::{
-    Catalog, GroupTx, PatientRow, PendingWrite, WriteConn, now_rfc3339, query_one, record_patient,
-    run_numbered,
+    Catalog, GroupTx, PatientRow, PendingWrite, WriteConn, execute_numbered, now_rfc3339,
+    query_one, record_patient, run_numbered,
 };
 use crate::error::ArchiveError;
 use crate::model::patient_key;
@@ -147,18 +147,16 @@ impl Catalog {
             let tx = conn.transaction()?;
             for (message_id, offset) in &members {
                 let offset = *offset as i64;
-                run_numbered(
+                execute_numbered(
                     &tx,
                     "UPDATE messages SET blob_key = $1, blob_offset = $2 \
                      WHERE id = $3 AND blob_offset IS NULL",
                     &[&pack_key, &offset, message_id],
-                    |_| Ok(()),
                 )?;
-                run_numbered(
+                execute_numbered(
                     &tx,
                     "DELETE FROM message_outbox WHERE message_id = $1",
                     &[message_id],
-                    |_| Ok(()),
                 )?;
             }
             tx.commit()?;
@@ -281,11 +279,10 @@ pub(super) fn record_message_in_tx(
         Err(e) => return Err(e),
     };
     if let Some(data) = &pending.outbox {
-        run_numbered(
+        execute_numbered(
             tx,
             "INSERT INTO message_outbox (message_id, data, created_at) VALUES ($1, $2, $3)",
             &[&message_id, &data.as_ref(), &now],
-            |_| Ok(()),
         )?;
     }
     // Each patient (inserted if new), then its reports with their results
@@ -513,7 +510,7 @@ fn supersede_corrected(
     report_id: i64,
     patient_pk: i64,
 ) -> Result<(), ArchiveError> {
-    run_numbered(
+    execute_numbered(
         tx,
         "UPDATE observations SET superseded_by = $1 WHERE id = (\
          SELECT o.id FROM observations o JOIN reports r ON r.id = o.report_id \
@@ -532,6 +529,6 @@ fn supersede_corrected(
             &r.accession_number,
             &report_id,
         ],
-        |_| Ok(()),
-    )
+    )?;
+    Ok(())
 }

@@ -3,7 +3,7 @@
 
 use sqlx::Row;
 
-use super::{Catalog, now_rfc3339, query_numbered, query_one};
+use super::{Catalog, execute_numbered, now_rfc3339, query_one};
 use crate::error::ArchiveError;
 
 /// What a token lets its holder do. The policy lives in the viewer API.
@@ -111,13 +111,11 @@ impl Catalog {
     pub async fn revoke_api_tokens(&self, name: &str) -> Result<u64, ArchiveError> {
         let (name, now) = (name.to_owned(), now_rfc3339());
         self.write_job(move |conn| {
-            let revoked: Vec<i64> = query_numbered(
+            execute_numbered(
                 conn,
-                "UPDATE api_tokens SET revoked_at = $1 WHERE name = $2 AND revoked_at IS NULL \
-                 RETURNING id",
+                "UPDATE api_tokens SET revoked_at = $1 WHERE name = $2 AND revoked_at IS NULL",
                 &[&now, &name],
-            )?;
-            Ok(revoked.len() as u64)
+            )
         })
         .await
     }
